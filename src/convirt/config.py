@@ -1,0 +1,290 @@
+"""Typed configuration: dataclasses with the paper's defaults, YAML in and out, strict validation.
+
+One name per setting from YAML to command line to attribute: ``loss.temperature`` in YAML is
+``--set loss.temperature=0.1`` on the command line and ``cfg.loss.temperature`` in code. Unknown
+keys, wrong types and out-of-range values are rejected before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from convirt.errors import ConfigError
+
+
+@dataclass
+class ImageConfig:
+    """Image encoder f_v. Paper: ResNet-50 from ImageNet weights, 224 px input (Sec. 3)."""
+
+    model: str = "resnet50"
+    pretrained: bool = True
+    weights: str | None = None  # a local timm-format weights file (used instead of a download)
+    grayscale: str = "in_chans"  # "in_chans": 1-channel first conv; "repeat": gray repeated to RGB
+    size: int = 224
+    mean: float = 0.5
+    std: float = 0.5
+
+    def validate(self) -> None:
+        _check(self.size >= 16, "image.size", "must be >= 16", self.size)
+        _check(self.std > 0, "image.std", "must be > 0", self.std)
+        _check(self.grayscale in ("in_chans", "repeat"), "image.grayscale", "must be 'in_chans' or 'repeat'", self.grayscale)
+
+
+@dataclass
+class ScratchTextConfig:
+    """Size of a BERT started from scratch (``text.model: scratch``), with a WordPiece vocabulary
+    learned on the training reports."""
+
+    vocab_size: int = 8000
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+
+    def validate(self) -> None:
+        _check(self.vocab_size >= 100, "text.scratch.vocab_size", "must be >= 100", self.vocab_size)
+        _check(self.hidden % self.heads == 0, "text.scratch.hidden", "must be divisible by text.scratch.heads", self.hidden)
+
+
+@dataclass
+class TextConfig:
+    """Text encoder f_u. Paper: ClinicalBERT, max pooling, embeddings + first 6 layers frozen."""
+
+    model: str = "emilyalsentzer/Bio_ClinicalBERT"
+    pooling: str = "max"
+    freeze_layers: int = 6
+    freeze_embeddings: bool = True
+    max_length: int = 128
+    sampling: str = "sentence"  # t_u: one sentence sampled uniformly ("report": the whole text)
+    sections: list[str] = field(default_factory=lambda: ["FINDINGS", "IMPRESSION"])
+    scratch: ScratchTextConfig = field(default_factory=ScratchTextConfig)
+
+    def validate(self) -> None:
+        _check(self.pooling in ("max", "mean", "cls"), "text.pooling", "must be max, mean or cls", self.pooling)
+        _check(self.sampling in ("sentence", "report"), "text.sampling", "must be 'sentence' or 'report'", self.sampling)
+        _check(self.max_length >= 8, "text.max_length", "must be >= 8", self.max_length)
+        _check(self.freeze_layers >= 0, "text.freeze_layers", "must be >= 0", self.freeze_layers)
+        self.scratch.validate()
+
+
+@dataclass
+class ProjectionConfig:
+    """Projection heads g_v, g_u: one hidden ReLU layer, d = 512 (Sec. 2)."""
+
+    dim: int = 512
+    hidden_dim: int | None = None  # None: the encoder's width
+
+    def validate(self) -> None:
+        _check(self.dim >= 1, "projection.dim", "must be >= 1", self.dim)
+
+
+@dataclass
+class LossConfig:
+    """Bidirectional contrastive loss. Paper: tau = 0.1, lambda = 0.75 (Sec. 3)."""
+
+    temperature: float = 0.1
+    image_weight: float = 0.75
+    learn_temperature: bool = False
+
+    def validate(self) -> None:
+        _check(self.temperature > 0, "loss.temperature", "must be > 0 (paper: 0.1)", self.temperature)
+        _check(0 <= self.image_weight <= 1, "loss.image_weight", "must lie in [0, 1] (paper: 0.75)", self.image_weight)
+
+
+@dataclass
+class AugmentConfig:
+    """The image transformation family T of the paper (Sec. 3 / Appendix), in its order."""
+
+    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    hflip_p: float = 0.5
+    rotation: float = 20.0
+    translate: float = 0.1
+    affine_scale: list[float] = field(default_factory=lambda: [0.95, 1.05])
+    brightness: list[float] = field(default_factory=lambda: [0.6, 1.4])
+    contrast: list[float] = field(default_factory=lambda: [0.6, 1.4])
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 3.0])
+
+    def validate(self) -> None:
+        for name in ("crop_scale", "affine_scale", "brightness", "contrast", "blur_sigma"):
+            lo_hi = getattr(self, name)
+            _check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], f"augment.{name}", "must be [low, high] with 0 <= low <= high", lo_hi)
+        _check(0 < self.crop_scale[0] and self.crop_scale[1] <= 1, "augment.crop_scale", "must lie in (0, 1]", self.crop_scale)
+        _check(0 <= self.hflip_p <= 1, "augment.hflip_p", "must lie in [0, 1]", self.hflip_p)
+        _check(0 <= self.translate < 1, "augment.translate", "must lie in [0, 1)", self.translate)
+
+
+@dataclass
+class OptimConfig:
+    """Paper: Adam, lr 1e-4, weight decay 1e-6, reduce-on-plateau and early stopping on val loss."""
+
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    scheduler: str = "plateau"  # plateau | cosine | none
+    warmup_steps: int = 0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5  # validation checks without improvement before the lr is reduced
+    early_stopping_patience: int | None = 10  # None: no early stopping
+
+    def validate(self) -> None:
+        _check(self.optimizer in ("adam", "adamw"), "optim.optimizer", "must be adam or adamw", self.optimizer)
+        _check(self.scheduler in ("plateau", "cosine", "none"), "optim.scheduler", "must be plateau, cosine or none", self.scheduler)
+        _check(self.lr > 0, "optim.lr", "must be > 0", self.lr)
+        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", self.warmup_steps)
+        _check(0 < self.plateau_factor < 1, "optim.plateau_factor", "must lie in (0, 1)", self.plateau_factor)
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs come from. ``train``/``val`` are manifests; with only ``train``, its
+    ``split`` column (train / valid) chooses the rows."""
+
+    train: str | None = None
+    val: str | None = None
+    batch_size: int = 32
+    num_workers: int = 0
+    skip_bad_rows: bool = False
+    check_images: bool = True  # decode every image once before training (convirt data check)
+    allow_absolute_paths: bool = False
+
+    def validate(self) -> None:
+        _check(self.batch_size >= 2, "data.batch_size", "must be >= 2 (a contrastive batch needs negatives)", self.batch_size)
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
+
+
+@dataclass
+class TrainerConfig:
+    """The Lightning loop: steps, precision, devices, checkpoints, logs."""
+
+    out_dir: str = "runs/convirt"
+    seed: int = 0
+    max_steps: int = 10000
+    val_every_n_steps: int | None = None  # None: once per pass over the training set
+    checkpoint_every_n_steps: int = 500
+    log_every_n_steps: int = 10
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    accumulate_grad_batches: int = 1
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
+    accelerator: str = "auto"
+    channels_last: bool = True
+    progress_bar: bool = True
+    max_bad_steps: int = 10  # NaN/Inf losses in a row before the run stops
+
+    def validate(self) -> None:
+        _check(self.max_steps >= 1, "trainer.max_steps", "must be >= 1", self.max_steps)
+        _check(self.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps", "must be >= 1", self.checkpoint_every_n_steps)
+        _check(self.precision in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "trainer.precision",
+               "must be 32-true, bf16-mixed or 16-mixed", self.precision)
+        _check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1", self.accumulate_grad_batches)
+
+
+@dataclass
+class PretrainConfig:
+    """Everything one ``convirt pretrain`` run needs. Defaults are the paper's."""
+
+    method: str = "convirt"
+    image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> "PretrainConfig":
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _check(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule}; got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = ""):
+    """Build dataclass ``cls`` from nested dicts, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping; got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list; got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false; got {value!r}")
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number; got {value!r}")
+    if hint in (int, float, str) and not isinstance(value, hint):
+        raise ConfigError(f"{key} must be of type {hint.__name__}; got {value!r}")
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
+    """Paper defaults, updated by a YAML file, updated by command-line overrides; validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    apply_overrides(data, overrides or [])
+    return from_dict(PretrainConfig, data).validate()

@@ -1,0 +1,133 @@
+"""What every pretraining method shares: optimiser and schedules, NaN/Inf guarding, sample
+accounting, channels-last input. A method adds only its objective (``compute_loss``)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from convirt.config import PretrainConfig
+from convirt.errors import ConvirtError
+
+
+class NonFiniteLossError(ConvirtError):
+    """Too many consecutive steps with a NaN/Inf loss."""
+
+
+class PretrainMethod(L.LightningModule):
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.bad_steps_in_a_row = 0
+        self.skipped_steps = 0
+        self.replaced_samples = 0
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+
+    # ---------------------------------------------------------------- objective
+    def compute_loss(self, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _images(self, batch: dict) -> torch.Tensor:
+        images = batch["images"]
+        return images.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else images
+
+    # ---------------------------------------------------------------- loop hooks
+    def training_step(self, batch: dict, batch_idx: int):
+        loss = self.compute_loss(batch)
+        self.replaced_samples += int(batch["replaced"])
+        if not torch.isfinite(loss):
+            return self._skip_non_finite(batch)
+        self.bad_steps_in_a_row = 0
+        bs = batch["images"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=bs)
+        return loss
+
+    def _skip_non_finite(self, batch: dict):
+        """Skip the step (returning None makes Lightning skip backward and the optimiser step)."""
+        self.bad_steps_in_a_row += 1
+        self.skipped_steps += 1
+        rows = batch["rows"].tolist()
+        self.print(f"non-finite loss at step {self.global_step}; skipped (rows {rows[:8]}{'...' if len(rows) > 8 else ''})")
+        if self.bad_steps_in_a_row >= self.cfg.trainer.max_bad_steps:
+            raise NonFiniteLossError(
+                f"{self.bad_steps_in_a_row} non-finite losses in a row up to step {self.global_step}; last batch rows: {rows}. "
+                "Lower optim.lr, use trainer.precision: bf16-mixed instead of 16-mixed, or check those rows."
+            )
+        return None
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        loss = self.compute_loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["images"].shape[0])
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        val = self.trainer.callback_metrics.get("val/loss")
+        if self.plateau is not None and val is not None and not self.trainer.sanity_checking:
+            self.plateau.step(float(val))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # non-finite gradients with a finite loss: drop them rather than corrupt the weights
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not all(torch.isfinite(g).all() for g in grads):
+            self.skipped_steps += 1
+            for p in self.parameters():
+                p.grad = None
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.scheduler == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=o.plateau_factor, patience=o.plateau_patience)
+        total, warmup = self.cfg.trainer.max_steps, o.warmup_steps
+
+        def factor(step: int) -> float:
+            scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+            if o.scheduler == "cosine" and step >= warmup:
+                scale *= 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            return scale
+
+        if warmup or o.scheduler == "cosine":
+            if o.scheduler == "plateau":
+                # warm-up multiplies the lr only while it lasts; the plateau rule owns the lr afterwards
+                schedule = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=max(1, warmup - 1))
+            else:
+                schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimizer
+
+    # ---------------------------------------------------------------- checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["convirt"] = {
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+            "skipped_steps": self.skipped_steps,
+            "replaced_samples": self.replaced_samples,
+            "rng": _rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("convirt", {})
+        self._plateau_state = extra.get("plateau")
+        self.skipped_steps = extra.get("skipped_steps", 0)
+        self.replaced_samples = extra.get("replaced_samples", 0)
+        if extra.get("rng"):
+            _set_rng_state(extra["rng"])
+
+    def on_train_start(self) -> None:
+        state = getattr(self, "_plateau_state", None)
+        if state and self.plateau is not None:
+            self.plateau.load_state_dict(state)
+
+
+def _rng_state() -> dict:
+    """The global torch RNG (dropout draws from it); data randomness is seeded per sample instead."""
+    return {"torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])

@@ -1,0 +1,132 @@
+"""Text encoder f_u: a Hugging Face encoder with max pooling over token vectors, lower layers frozen.
+
+ConVIRT (Sec. 3): BERT initialised from ClinicalBERT; ``h_u`` is the max over all output token
+vectors; the embeddings and the first 6 transformer layers are frozen, the last 6 trained.
+Frozen parameters have ``requires_grad=False``, so autograd records nothing for them (no stored
+activations) as long as the embeddings are frozen too.
+
+Offline, a model can be started from scratch: ``train_wordpiece_tokenizer`` learns a WordPiece
+vocabulary on the training reports and ``scratch_bert`` builds a BERT from a config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from convirt.errors import ConfigError
+
+CLINICALBERT = "emilyalsentzer/Bio_ClinicalBERT"
+SCRATCH = "scratch"
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True):
+    """A BERT WordPiece tokenizer learned on ``texts``, as a ``transformers`` fast tokenizer.
+
+    Built with ``tokenizer_object=`` (``BertTokenizerFast(vocab_file=...)`` silently maps every
+    token to [UNK] in transformers 5).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+
+
+def scratch_bert(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4, max_length: int = 128):
+    """A randomly initialised BERT of the given size (no download)."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=max(512, max_length),
+    )
+    return BertModel(config, add_pooling_layer=False)
+
+
+def load_pretrained_text(name_or_path: str):
+    """(model, tokenizer) from the Hub cache or a local folder; a clear error when unavailable."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooling layer argument
+        model = AutoModel.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"text.model: cannot load {name_or_path!r} ({type(err).__name__}). Offline machines need a local "
+            f"folder (save_pretrained) or text.model: {SCRATCH} to train a tokenizer and start a BERT from a config."
+        ) from err
+    return model, tokenizer
+
+
+def masked_max(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over the real (unpadded) tokens of each sequence: ``(B, L, H), (B, L) -> (B, H)``."""
+    fill = torch.finfo(tokens.dtype).min
+    return tokens.masked_fill(~mask.bool().unsqueeze(-1), fill).amax(dim=1)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+POOLINGS = {"max": masked_max, "mean": masked_mean, "cls": lambda tokens, mask: tokens[:, 0]}
+
+
+class TextEncoder(nn.Module):
+    """HF encoder -> (global vector h_u, token vectors, attention mask)."""
+
+    def __init__(self, model: nn.Module, pooling: str = "max", freeze_layers: int = 6, freeze_embeddings: bool = True):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"text.pooling must be one of {sorted(POOLINGS)}; got {pooling!r}")
+        self.model, self.pooling = model, pooling
+        self.num_features: int = model.config.hidden_size
+        self.freeze(freeze_layers, freeze_embeddings)
+
+    def freeze(self, layers: int, embeddings: bool) -> None:
+        """Freeze the embeddings and the first ``layers`` transformer layers (ConVIRT: 6 of 12)."""
+        blocks = self._layers()
+        if not 0 <= layers <= len(blocks):
+            raise ConfigError(f"text.freeze_layers must lie in [0, {len(blocks)}] for this model; got {layers}")
+        if layers and not embeddings:
+            raise ConfigError("text.freeze_layers > 0 needs text.freeze_embeddings: true (lower layers see the embeddings)")
+        self.frozen_layers, self.frozen_embeddings = layers, embeddings
+        if embeddings:
+            self.model.get_input_embeddings().requires_grad_(False)
+            for module in (getattr(self.model, "embeddings", None),):
+                if module is not None:
+                    module.requires_grad_(False)
+        for block in blocks[:layers]:
+            block.requires_grad_(False)
+
+    def _layers(self) -> nn.ModuleList:
+        encoder = getattr(self.model, "encoder", None)
+        layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
+        if layers is None:
+            raise ConfigError(f"text.model: cannot find the transformer layers of {type(self.model).__name__}")
+        return layers
+
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return POOLINGS[self.pooling](tokens, attention_mask), tokens, attention_mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(input_ids, attention_mask)[0]

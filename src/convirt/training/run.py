@@ -1,0 +1,107 @@
+"""One pretraining run, end to end: config -> data -> model -> Lightning Trainer -> exported model.
+
+Run folder layout (``trainer.out_dir``)::
+
+    config.yaml        the resolved configuration
+    tokenizer/         the tokenizer (learned once for text.model: scratch, reused on resume)
+    checkpoints/       step=N.ckpt (atomic; the two newest kept) for --resume
+    logs/              CSV and TensorBoard logs
+    model/             the exported model (convirt.load)
+    summary.json       steps, losses, skipped/replaced samples, time
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from convirt.atomic import atomic_write_text
+from convirt.config import PretrainConfig
+from convirt.errors import ConfigError, ConvirtError
+from convirt.methods import METHODS
+from convirt.models.dual_encoder import DualEncoder
+from convirt.training.checkpoint import AtomicCheckpointIO, find_resume_checkpoint
+from convirt.training.datamodule import PairDataModule, load_split_pairs
+
+log = logging.getLogger(__name__)
+
+
+def _build_model(cfg: PretrainConfig, train_pairs, out: Path) -> DualEncoder:
+    """Build the towers; a scratch tokenizer is learned once and reused on resume."""
+    from transformers import AutoTokenizer
+
+    tok_dir = out / "tokenizer"
+    if cfg.text.model == "scratch" and tok_dir.is_dir():
+        return DualEncoder.build(cfg.image, cfg.text, cfg.projection, tokenizer=AutoTokenizer.from_pretrained(str(tok_dir)))
+    corpus = [p.text for p in train_pairs] if cfg.text.model == "scratch" else None
+    model = DualEncoder.build(cfg.image, cfg.text, cfg.projection, corpus=corpus)
+    model.tokenizer.save_pretrained(str(tok_dir))
+    return model
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
+    """Train, checkpoint, export. Returns the run summary (also written to ``summary.json``)."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method must be one of {sorted(METHODS)}; got {cfg.method!r}")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = Path(cfg.trainer.out_dir)
+    ckpt_dir = out / "checkpoints"
+    ckpt_path = None
+    if resume:
+        ckpt_path = find_resume_checkpoint(ckpt_dir)
+        if ckpt_path is None:
+            log.warning("no usable checkpoint in %s: starting from scratch", ckpt_dir)
+    elif ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+        raise ConvirtError(f"{ckpt_dir} already holds checkpoints: pass --resume to continue, or choose another trainer.out_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out / "config.yaml")
+
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    train_pairs, val_pairs, skipped_rows = load_split_pairs(cfg)
+    model = _build_model(cfg, train_pairs, out)
+    method = METHODS[cfg.method](cfg, model)
+    data = PairDataModule(cfg, train_pairs, val_pairs, model.tokenizer)
+
+    t = cfg.trainer
+    steps_per_pass = max(1, len(train_pairs) // (cfg.data.batch_size * t.accumulate_grad_batches))
+    val_every = t.val_every_n_steps or steps_per_pass
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="step={step}", auto_insert_metric_name=False,
+                                 every_n_train_steps=t.checkpoint_every_n_steps, monitor="step", mode="max", save_top_k=2)]
+    if cfg.optim.early_stopping_patience:
+        callbacks.append(EarlyStopping("val/loss", patience=cfg.optim.early_stopping_patience, check_on_train_epoch_end=False))
+    if t.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        val_check_interval=val_every * t.accumulate_grad_batches, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps, callbacks=callbacks,
+        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="")],
+        plugins=[AtomicCheckpointIO()], use_distributed_sampler=False, enable_progress_bar=t.progress_bar,
+        enable_model_summary=False, deterministic=False, default_root_dir=out,
+    )
+    start = time.time()
+    trainer.fit(method, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    elapsed = time.time() - start
+    final = ckpt_dir / f"step={trainer.global_step}.ckpt"
+    if not final.exists():
+        trainer.save_checkpoint(final)
+    summary = {
+        "method": cfg.method, "global_step": trainer.global_step, "resumed_from": str(ckpt_path) if ckpt_path else None,
+        "train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "skipped_bad_rows": skipped_rows,
+        "replaced_samples": method.replaced_samples, "skipped_steps": method.skipped_steps,
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "fit_seconds": round(elapsed, 1), "world_size": trainer.world_size,
+    }
+    if trainer.is_global_zero:
+        model.meta = {"method": cfg.method, "global_step": trainer.global_step}
+        model.save(out / "model")
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
