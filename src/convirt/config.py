@@ -275,13 +275,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+PRESETS = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML file, or the name of a packaged preset (``paper``, ``demo``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    preset = PRESETS / f"{path}.yaml"
+    if path.suffix == "" and preset.is_file():
+        return preset
+    names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {path} (packaged presets: {names})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
     """Paper defaults, updated by a YAML file, updated by command-line overrides; validated."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

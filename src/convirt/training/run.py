@@ -46,8 +46,11 @@ def _build_model(cfg: PretrainConfig, train_pairs, out: Path) -> DualEncoder:
     return model
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
-    """Train, checkpoint, export. Returns the run summary (also written to ``summary.json``)."""
+def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: list | None = None) -> dict:
+    """Train, checkpoint, export. Returns the run summary (also written to ``summary.json``).
+
+    ``callbacks`` are extra Lightning callbacks (monitoring, fault injection in tests).
+    """
     if cfg.method not in METHODS:
         raise ConfigError(f"method must be one of {sorted(METHODS)}; got {cfg.method!r}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -72,7 +75,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     t = cfg.trainer
     steps_per_pass = max(1, len(train_pairs) // (cfg.data.batch_size * t.accumulate_grad_batches))
     val_every = t.val_every_n_steps or steps_per_pass
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="step={step}", auto_insert_metric_name=False,
+    callbacks = list(callbacks or []) + [ModelCheckpoint(dirpath=ckpt_dir, filename="step={step}", auto_insert_metric_name=False,
                                  every_n_train_steps=t.checkpoint_every_n_steps, monitor="step", mode="max", save_top_k=2)]
     if cfg.optim.early_stopping_patience:
         callbacks.append(EarlyStopping("val/loss", patience=cfg.optim.early_stopping_patience, check_on_train_epoch_end=False))

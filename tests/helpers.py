@@ -1,0 +1,41 @@
+"""Small on-disk fixtures shared by tests (no downloads, no shared data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+SENTENCES = [
+    "There is a small left pleural effusion.", "The heart size is normal.", "No pneumothorax is seen.",
+    "Mild cardiomegaly is present.", "The lungs are clear.", "There is right basilar atelectasis.",
+]
+
+
+def write_pair_manifest(root: Path, n_train: int = 16, n_valid: int = 8, size: int = 32, seed: int = 0) -> Path:
+    """A manifest of random grayscale PNGs with two-sentence reports and a split column."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_train + n_valid):
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        a, b = rng.choice(len(SENTENCES), 2, replace=False)
+        rows.append({"image": f"images/{i}.png", "text": f"FINDINGS: {SENTENCES[a]} {SENTENCES[b]}",
+                     "patient_id": f"p{i}", "split": "train" if i < n_train else "valid"})
+    path = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def tiny_overrides(manifest: Path, out: Path, max_steps: int = 4) -> list[str]:
+    """A model small enough that a training step takes milliseconds on a CPU."""
+    return [
+        "image.model=resnet18", "image.pretrained=false", "image.size=32", "text.model=scratch",
+        "text.freeze_layers=0", "text.max_length=16", "text.scratch.vocab_size=100", "text.scratch.hidden=32",
+        "text.scratch.layers=2", "text.scratch.heads=2", "projection.dim=16", "data.batch_size=4",
+        f"data.train={manifest}", f"trainer.out_dir={out}", f"trainer.max_steps={max_steps}",
+        "trainer.checkpoint_every_n_steps=2", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
+        "optim.lr=1e-3", "optim.scheduler=none", "optim.early_stopping_patience=null",
+    ]

@@ -1,0 +1,79 @@
+"""End-to-end pretraining on a tiny manifest: runs, resumes exactly, exports a loadable model."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import convirt
+from convirt.config import load_config
+from convirt.errors import ConvirtError, DataError
+from convirt.training.run import pretrain
+from tests.helpers import tiny_overrides, write_pair_manifest
+
+
+class Crash(L.Callback):
+    """Simulates a node dying right after step ``at`` (after its checkpoint was written)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.at:
+            raise KeyboardInterrupt  # Lightning treats it as an interruption, not an error
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    manifest = write_pair_manifest(tmp_path / "data")
+    steps = 6
+    full = pretrain(load_config(overrides=tiny_overrides(manifest, tmp_path / "full", steps)))
+    assert full["global_step"] == steps
+
+    interrupted = load_config(overrides=tiny_overrides(manifest, tmp_path / "resumed", steps))
+    pretrain(interrupted, callbacks=[Crash(at=3)])  # checkpoints exist at step 2 only
+    ckpts = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("*.ckpt"))
+    assert "step=2.ckpt" in ckpts
+    (tmp_path / "resumed" / "checkpoints" / "step=3.ckpt").unlink(missing_ok=True)  # lost with the node
+    resumed = pretrain(interrupted, resume=True)
+    assert resumed["global_step"] == steps and resumed["resumed_from"].endswith("step=2.ckpt")
+
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_run_folder_with_checkpoints_needs_resume(tmp_path):
+    manifest = write_pair_manifest(tmp_path / "data")
+    cfg = load_config(overrides=tiny_overrides(manifest, tmp_path / "run", 2))
+    pretrain(cfg)
+    with pytest.raises(ConvirtError, match="--resume"):
+        pretrain(cfg)
+
+
+def test_exported_model_loads_and_encodes(tmp_path):
+    manifest = write_pair_manifest(tmp_path / "data")
+    summary = pretrain(load_config(overrides=tiny_overrides(manifest, tmp_path / "run", 2)))
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["global_step"] == summary["global_step"] == 2 and "val/loss" in saved["metrics"]
+    model = convirt.load(tmp_path / "run" / "model")
+    images = model.encode_images([tmp_path / "data" / "images" / "0.png", tmp_path / "data" / "images" / "1.png"])
+    texts = model.encode_text(["The heart size is normal.", "No pneumothorax is seen."])
+    assert images.shape == texts.shape == (2, 16)
+    assert torch.allclose(images.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_bad_manifest_is_refused_unless_skipping(tmp_path):
+    manifest = write_pair_manifest(tmp_path / "data")
+    (tmp_path / "data" / "images" / "3.png").unlink()
+    cfg = load_config(overrides=tiny_overrides(manifest, tmp_path / "run", 2))
+    with pytest.raises(DataError, match="row 4"):
+        pretrain(cfg)
+    cfg = load_config(overrides=tiny_overrides(manifest, tmp_path / "run2", 2) + ["data.skip_bad_rows=true"])
+    assert pretrain(cfg)["skipped_bad_rows"] == 1
