@@ -250,6 +250,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false; got {value!r}")
     if hint in (int, float) and isinstance(value, bool):

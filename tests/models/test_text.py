@@ -43,3 +43,13 @@ def test_freezing_embeddings_and_lower_layers():
 def test_freeze_layers_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="freeze_layers"):
         TextEncoder(scratch_bert(300, 32, 2, 2), freeze_layers=3)
+
+
+def test_tokenizer_vocabulary_is_reproducible_and_frequency_ordered():
+    a = train_wordpiece_tokenizer(CORPUS, vocab_size=60).get_vocab()
+    b = train_wordpiece_tokenizer(list(reversed(CORPUS)), vocab_size=60).get_vocab()
+    assert a == b
+    assert len(a) == 60
+    # with room for only a few whole words, the most frequent ones are chosen
+    small = train_wordpiece_tokenizer(["the the the heart heart lung"], vocab_size=5 + 2 * 9 + 2).get_vocab()
+    assert "the" in small and "heart" in small and "lung" not in small

@@ -14,6 +14,10 @@ from convirt.training.run import pretrain
 from tests.helpers import tiny_overrides, write_pair_manifest
 
 
+class SimulatedCrash(RuntimeError):
+    pass
+
+
 class Crash(L.Callback):
     """Simulates a node dying right after step ``at`` (after its checkpoint was written)."""
 
@@ -22,7 +26,7 @@ class Crash(L.Callback):
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.at:
-            raise KeyboardInterrupt  # Lightning treats it as an interruption, not an error
+            raise SimulatedCrash(f"node died after step {self.at}")
 
 
 def weights(run_dir):
@@ -36,7 +40,8 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     assert full["global_step"] == steps
 
     interrupted = load_config(overrides=tiny_overrides(manifest, tmp_path / "resumed", steps))
-    pretrain(interrupted, callbacks=[Crash(at=3)])  # checkpoints exist at step 2 only
+    with pytest.raises(SimulatedCrash):
+        pretrain(interrupted, callbacks=[Crash(at=3)])  # checkpoints exist at step 2 only
     ckpts = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("*.ckpt"))
     assert "step=2.ckpt" in ckpts
     (tmp_path / "resumed" / "checkpoints" / "step=3.ckpt").unlink(missing_ok=True)  # lost with the node

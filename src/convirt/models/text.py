@@ -24,21 +24,33 @@ SCRATCH = "scratch"
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True):
-    """A BERT WordPiece tokenizer learned on ``texts``, as a ``transformers`` fast tokenizer.
+    """A BERT WordPiece tokenizer whose vocabulary is learned from ``texts``, reproducibly.
 
-    Built with ``tokenizer_object=`` (``BertTokenizerFast(vocab_file=...)`` silently maps every
+    ``tokenizers``' own WordPiece trainer gives a different vocabulary on every run (hash-map
+    order decides ties), which would break seeded reproducibility and exact resume. So the
+    vocabulary is chosen here, deterministically: special tokens, every character (word-initial and
+    ``##`` continuation), then whole words by frequency (ties alphabetical). Words outside it are
+    split by WordPiece's usual greedy longest match. Returned as a ``transformers`` fast tokenizer
+    built with ``tokenizer_object=`` (``BertTokenizerFast(vocab_file=...)`` silently maps every
     token to [UNK] in transformers 5).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer, pre = normalizers.BertNormalizer(lowercase=lowercase), pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = special + chars + [f"##{c}" for c in chars]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece()
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from convirt.config import PretrainConfig
@@ -69,7 +70,10 @@ class PairDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, batch_sampler) -> DataLoader:
         workers = self.cfg.data.num_workers
-        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=self.collate, num_workers=workers,
+        # A private generator: creating a loader iterator must not draw from the global RNG that
+        # dropout uses, or a resumed run would diverge from an uninterrupted one.
+        generator = torch.Generator().manual_seed(self.cfg.trainer.seed)
+        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=self.collate, num_workers=workers, generator=generator,
                           pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
                           persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
@@ -77,6 +81,7 @@ class PairDataModule(L.LightningDataModule):
         trainer = self.trainer
         # resume exactly where the stream stopped: global_step optimiser steps = that many x accumulate batches
         start = trainer.global_step * trainer.accumulate_grad_batches
+        log.info("training stream starts at batch %d", start)
         sampler = StreamBatchSampler(len(self.train_set), self.cfg.data.batch_size, self.cfg.trainer.seed,
                                      trainer.global_rank, trainer.world_size, start_batch=start)
         return self._loader(self.train_set, sampler)
