@@ -93,6 +93,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: list | None =
     start = time.time()
     trainer.fit(method, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     elapsed = time.time() - start
+    if trainer.global_step % val_every != 0 and not trainer.interrupted:
+        trainer.validate(method, datamodule=data, verbose=False)  # the summary reports the final model's val loss
     final = ckpt_dir / f"step={trainer.global_step}.ckpt"
     if not final.exists():
         trainer.save_checkpoint(final)

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from convirt.config import PretrainConfig
+from convirt.data.transforms import ImageAugmentConfig, build_transforms, eval_transform, train_transform
+from convirt.errors import ConfigError
+
+# ConVIRT, Appendix (image transformations), written out independently of the code under test
+PAPER = dict(size=224, crop_scale=(0.6, 1.0), hflip_p=0.5, rotation=20.0, translate=0.1, affine_scale=(0.95, 1.05),
+             brightness=(0.6, 1.4), contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0), mean=0.5, std=0.5)
+
+
+def test_config_defaults_are_the_papers():
+    cfg = ImageAugmentConfig()
+    assert {k: getattr(cfg, k) for k in PAPER} == PAPER
+    assert cfg.kernel == 19  # odd, covers +-3 sigma at sigma = 3
+
+
+def _check_reaches_torchvision(t: v2.Compose, p: dict, kernel: int) -> None:
+    crop, flip, affine, jitter, blur, norm = t.transforms
+    assert [type(x) for x in t.transforms] == [v2.RandomResizedCrop, v2.RandomHorizontalFlip, v2.RandomAffine,
+                                               v2.ColorJitter, v2.GaussianBlur, v2.Normalize]  # the paper's order
+    assert list(crop.size) == [p["size"], p["size"]] and tuple(crop.scale) == p["crop_scale"]
+    assert flip.p == p["hflip_p"]
+    assert list(affine.degrees) == [-p["rotation"], p["rotation"]]
+    assert tuple(affine.translate) == (p["translate"], p["translate"]) and tuple(affine.scale) == p["affine_scale"]
+    assert affine.interpolation == v2.InterpolationMode.BILINEAR
+    assert tuple(jitter.brightness) == p["brightness"] and tuple(jitter.contrast) == p["contrast"]
+    assert jitter.saturation is None and jitter.hue is None
+    assert list(blur.sigma) == list(p["blur_sigma"]) and list(blur.kernel_size) == [kernel, kernel]
+    assert norm.mean == [p["mean"]] and norm.std == [p["std"]]
+
+
+def test_paper_parameters_reach_torchvision():
+    _check_reaches_torchvision(train_transform(), PAPER, 19)
+    _check_reaches_torchvision(build_transforms(ImageAugmentConfig(), train=True), PAPER, 19)
+    _check_reaches_torchvision(build_transforms(PretrainConfig(), train=True), PAPER, 19)
+
+
+def test_custom_parameters_reach_torchvision():
+    custom = dict(size=64, crop_scale=(0.5, 0.9), hflip_p=0.0, rotation=5.0, translate=0.2, affine_scale=(0.9, 1.1),
+                  brightness=(0.8, 1.2), contrast=(0.7, 1.3), blur_sigma=(0.2, 1.0), mean=0.4, std=0.3)
+    _check_reaches_torchvision(train_transform(**custom, blur_kernel=5), custom, 5)
+    _check_reaches_torchvision(build_transforms(ImageAugmentConfig(**custom), train=True), custom, 2 * 3 + 1)
+
+
+def test_yaml_lists_from_pretrain_config():
+    cfg = PretrainConfig()
+    cfg.image.size, cfg.augment.crop_scale = 96, [0.7, 1.0]
+    aug = ImageAugmentConfig.from_config(cfg)
+    assert aug.size == 96 and aug.crop_scale == (0.7, 1.0) and aug.mean == cfg.image.mean
+
+
+def test_output_shape_dtype_and_range():
+    image = torch.rand(1, 300, 260)
+    out = train_transform(size=128)(image)
+    assert out.shape == (1, 128, 128) and out.dtype == torch.float32
+    assert out.min() >= -1 - 1e-6 and out.max() <= 1 + 1e-6  # [0, 1] normalised with mean = std = 0.5
+
+
+def test_eval_transform_is_resize_centre_crop_normalise():
+    image = torch.zeros(1, 100, 200)
+    image[:, :, 40:160] = 1.0  # shorter side 100 -> 50: the band becomes columns 20..80 of 100
+    out = eval_transform(size=50)(image)
+    assert out.shape == (1, 50, 50)
+    assert torch.allclose(out, torch.ones(1, 50, 50), atol=1e-5)  # centre columns 25..75 are all band: (1 - 0.5) / 0.5
+    assert torch.equal(eval_transform(size=50)(image), out)
+    image[:, :, 40:60] = 0.0  # now the crop's left edge region is dark
+    assert out[0, :, 10:].mean() > 0.99 and eval_transform(size=50)(image)[0, :, :3].max() < -0.99
+    assert [type(t) for t in build_transforms(PretrainConfig(), train=False).transforms] == [v2.Resize, v2.CenterCrop, v2.Normalize]
+
+
+def test_deterministic_under_manual_seed():
+    image, t = torch.rand(1, 160, 140), train_transform(size=64)
+    torch.manual_seed(3)
+    a = t(image)
+    torch.manual_seed(3)
+    b = t(image)
+    torch.manual_seed(4)
+    c = t(image)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("crop_scale", (0.0, 1.0), "augment.crop_scale must lie in"),
+    ("crop_scale", (0.6, 1.2), "augment.crop_scale must lie in"),
+    ("crop_scale", (0.9, 0.6), "augment.crop_scale must be"),
+    ("hflip_p", 1.5, "augment.hflip_p"),
+    ("rotation", -1.0, "augment.rotation"),
+    ("translate", 1.0, "augment.translate"),
+    ("affine_scale", (0.0, 1.0), "augment.affine_scale must be > 0"),
+    ("brightness", (1.4, 0.6), "augment.brightness"),
+    ("blur_sigma", (0.0, 3.0), "augment.blur_sigma must be > 0"),
+    ("blur_kernel", 4, "augment.blur_kernel must be a positive odd"),
+    ("std", 0.0, "augment.std"),
+    ("size", 8, "augment.size"),
+])
+def test_validation_errors(field, value, match):
+    cfg = dataclasses.replace(ImageAugmentConfig(), **{field: value})
+    with pytest.raises(ConfigError, match=match):
+        cfg.validate()
+    with pytest.raises(ConfigError, match=match):
+        build_transforms(cfg, train=True)
