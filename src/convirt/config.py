@@ -79,6 +79,7 @@ class ProjectionConfig:
 
     dim: int = 512
     hidden_dim: int | None = None  # None: the encoder's width
+    batchnorm: bool = False  # not in the paper: batch norm after the hidden layer (see models/heads.py)
 
     def validate(self) -> None:
         _check(self.dim >= 1, "projection.dim", "must be >= 1", self.dim)

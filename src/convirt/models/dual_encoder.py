@@ -38,8 +38,10 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.image_cfg, self.text_cfg, self.projection_cfg = image_cfg, text_cfg, projection_cfg
         self.image_encoder, self.text_encoder, self.tokenizer = image_encoder, text_encoder, tokenizer
-        self.image_head = ProjectionHead(image_encoder.num_features, projection_cfg.dim, projection_cfg.hidden_dim)
-        self.text_head = ProjectionHead(text_encoder.num_features, projection_cfg.dim, projection_cfg.hidden_dim)
+        self.image_head = ProjectionHead(image_encoder.num_features, projection_cfg.dim, projection_cfg.hidden_dim,
+                                         projection_cfg.batchnorm)
+        self.text_head = ProjectionHead(text_encoder.num_features, projection_cfg.dim, projection_cfg.hidden_dim,
+                                         projection_cfg.batchnorm)
         self.meta: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- construction
