@@ -172,7 +172,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
     accumulate_grad_batches: int = 1
-    devices: str = "auto"
+    devices: int | str = "auto"  # a count, "auto", or a list string such as "0,1"
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
     accelerator: str = "auto"
@@ -243,7 +243,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        plain = [a for a in args if a is not type(None)]
+        if any(isinstance(value, a) and not (isinstance(value, bool) and a is not bool) for a in plain if isinstance(a, type)):
+            return value
+        hint = plain[0]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
         if not isinstance(value, (list, tuple)):
