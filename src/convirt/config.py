@@ -110,14 +110,13 @@ class AugmentConfig:
     brightness: list[float] = field(default_factory=lambda: [0.6, 1.4])
     contrast: list[float] = field(default_factory=lambda: [0.6, 1.4])
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 3.0])
+    blur_kernel: int | None = None  # None: odd, covering +-3 of the largest sigma (the paper gives none)
 
     def validate(self) -> None:
-        for name in ("crop_scale", "affine_scale", "brightness", "contrast", "blur_sigma"):
-            lo_hi = getattr(self, name)
-            _check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], f"augment.{name}", "must be [low, high] with 0 <= low <= high", lo_hi)
-        _check(0 < self.crop_scale[0] and self.crop_scale[1] <= 1, "augment.crop_scale", "must lie in (0, 1]", self.crop_scale)
-        _check(0 <= self.hflip_p <= 1, "augment.hflip_p", "must lie in [0, 1]", self.hflip_p)
-        _check(0 <= self.translate < 1, "augment.translate", "must lie in [0, 1)", self.translate)
+        # one set of rules, the one the transforms themselves enforce
+        from convirt.data.transforms import ImageAugmentConfig
+
+        ImageAugmentConfig(**dataclasses.asdict(self)).validate()
 
 
 @dataclass
