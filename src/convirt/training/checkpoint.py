@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from convirt.atomic import atomic_path
@@ -59,3 +60,18 @@ def find_resume_checkpoint(directory: str | Path) -> Path | None:
             return path
         log.warning("checkpoint %s lacks the training state; trying an older checkpoint", path)
     return None
+
+
+class CheckpointOnSigterm(L.Callback):
+    """Schedulers pre-empt jobs with SIGTERM: write a checkpoint of the step just finished before
+    Lightning stops the loop, so at most that step's successor is lost."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.received_sigterm:
+            path = self.directory / f"step={trainer.global_step}.ckpt"
+            if not path.exists():
+                trainer.save_checkpoint(path)
+            log.warning("received SIGTERM: wrote %s; continue with --resume", path)

@@ -21,13 +21,14 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from convirt.atomic import atomic_write_text
 from convirt.config import PretrainConfig
 from convirt.errors import ConfigError, ConvirtError
 from convirt.methods import METHODS
 from convirt.models.dual_encoder import DualEncoder
-from convirt.training.checkpoint import AtomicCheckpointIO, find_resume_checkpoint
+from convirt.training.checkpoint import AtomicCheckpointIO, CheckpointOnSigterm, find_resume_checkpoint
 from convirt.training.datamodule import PairDataModule, load_split_pairs
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: list | None =
     steps_per_pass = max(1, len(train_pairs) // (cfg.data.batch_size * t.accumulate_grad_batches))
     val_every = t.val_every_n_steps or steps_per_pass
     callbacks = list(callbacks or []) + [ModelCheckpoint(dirpath=ckpt_dir, filename="step={step}", auto_insert_metric_name=False,
-                                 every_n_train_steps=t.checkpoint_every_n_steps, monitor="step", mode="max", save_top_k=2)]
+                                 every_n_train_steps=t.checkpoint_every_n_steps, monitor="step", mode="max", save_top_k=2),
+        CheckpointOnSigterm(ckpt_dir),
+    ]
     if cfg.optim.early_stopping_patience:
         callbacks.append(EarlyStopping("val/loss", patience=cfg.optim.early_stopping_patience, check_on_train_epoch_end=False))
     if t.progress_bar:
@@ -91,7 +94,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: list | None =
         enable_model_summary=False, deterministic=False, default_root_dir=out,
     )
     start = time.time()
-    trainer.fit(method, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        trainer.fit(method, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SIGTERMException:
+        raise SystemExit(143) from None  # checkpoint written by CheckpointOnSigterm; 128 + SIGTERM
     elapsed = time.time() - start
     if trainer.global_step % val_every != 0 and not trainer.interrupted:
         trainer.validate(method, datamodule=data, verbose=False)  # the summary reports the final model's val loss
