@@ -551,7 +551,9 @@ def generate(out_dir: str | Path, n: int, seed: int = 0, size: int = 128, streng
 
     ``strength`` scales how visible the findings are (1 = calibrated default; a mapping sets it per
     finding). ``workers`` processes render in parallel (default: all cores); the output is the same
-    for any number of workers.
+    for any number of workers. Parallel rendering uses the ``forkserver`` start method, so a script
+    that calls this must guard its entry point with ``if __name__ == "__main__":`` (or pass
+    ``workers=1``).
     """
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
