@@ -12,7 +12,6 @@ vocabulary on the training reports and ``scratch_bert`` builds a BERT from a con
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from torch import nn
