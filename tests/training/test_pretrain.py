@@ -72,6 +72,20 @@ def test_exported_model_loads_and_encodes(tmp_path):
     texts = model.encode_text(["The heart size is normal.", "No pneumothorax is seen."])
     assert images.shape == texts.shape == (2, 16)
     assert torch.allclose(images.norm(dim=-1), torch.ones(2), atol=1e-5)
+    from PIL import Image
+
+    pil = [Image.open(tmp_path / "data" / "images" / f"{i}.png") for i in (0, 1)]
+    assert torch.allclose(model.encode_images(pil), images, atol=1e-6)  # PIL input: same preprocessing
+
+    from convirt.cli.main import main
+
+    assert main(["export", str(tmp_path / "run"), "--image-encoder", "--out", str(tmp_path / "enc.safetensors")]) == 0
+    import timm
+
+    net = timm.create_model("resnet18", pretrained=True, in_chans=1, num_classes=0,
+                            pretrained_cfg_overlay=dict(file=str(tmp_path / "enc.safetensors"))).eval()
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.allclose(net(x), model.image_encoder(x), atol=1e-5)
 
 
 def test_bad_manifest_is_refused_unless_skipping(tmp_path):

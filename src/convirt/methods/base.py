@@ -4,6 +4,7 @@ accounting, channels-last input. A method adds only its objective (``compute_los
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -24,6 +25,7 @@ class PretrainMethod(L.LightningModule):
         self.skipped_steps = 0
         self.replaced_samples = 0
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._last_step_time: float | None = None
 
     # ---------------------------------------------------------------- objective
     def compute_loss(self, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
@@ -43,6 +45,10 @@ class PretrainMethod(L.LightningModule):
         bs = batch["images"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=bs)
+        now = time.perf_counter()
+        if self._last_step_time is not None:  # pairs/s on this device, data loading included
+            self.log("train/pairs_per_s", bs / (now - self._last_step_time), prog_bar=True, batch_size=bs)
+        self._last_step_time = now
         return loss
 
     def _skip_non_finite(self, batch: dict):
