@@ -53,3 +53,23 @@ def test_tokenizer_vocabulary_is_reproducible_and_frequency_ordered():
     # with room for only a few whole words, the most frequent ones are chosen
     small = train_wordpiece_tokenizer(["the the the heart heart lung"], vocab_size=5 + 2 * 9 + 2).get_vocab()
     assert "the" in small and "heart" in small and "lung" not in small
+
+
+def test_hugging_face_encoder_from_a_local_folder(tmp_path):
+    """Pretrained encoders load by name or path; offline, a folder written by save_pretrained."""
+    from convirt.errors import ConfigError as _ConfigError
+    from convirt.models.text import load_pretrained_text
+
+    tok = train_wordpiece_tokenizer(CORPUS, vocab_size=200)
+    bert = scratch_bert(len(tok), hidden=32, layers=2, heads=2)
+    bert.save_pretrained(tmp_path / "enc")
+    tok.save_pretrained(tmp_path / "enc")
+    model, tokenizer = load_pretrained_text(str(tmp_path / "enc"))
+    ids = tokenizer(["No pneumothorax is seen."], return_tensors="pt")
+    assert tokenizer.unk_token_id not in ids["input_ids"][0].tolist()
+    with torch.no_grad():
+        a = model(**ids).last_hidden_state
+        b = bert.eval()(**ids).last_hidden_state
+    assert torch.allclose(a, b, atol=1e-6)  # the same weights came back
+    with pytest.raises(_ConfigError, match="text.model: scratch"):
+        load_pretrained_text(str(tmp_path / "no-such-model"))
