@@ -16,7 +16,7 @@ from convirt.demo import CONVIRT, RANDOM, run_demo
 def test_reduced_demo_convirt_ahead_of_random_init(tmp_path):
     results = run_demo(tmp_path, size="test", seed=0, progress=False)
     summary = {name: r["summary"]["1.0"]["macro_auroc"]["mean"] for name, r in results["linear_probe"].items()}
-    assert summary[CONVIRT] > summary[RANDOM] + 0.02, summary
+    assert summary[CONVIRT] > summary[RANDOM] + 0.05, summary  # measured: 0.800 vs 0.617
     assert results["verdict"]["1.0"]["ahead"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["headline"] == results["headline"]
