@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 from convirt.atomic import atomic_write_text
 from convirt.config import load_config
 from convirt.data.manifest import read_manifest, resolve_image_paths
-from convirt.data.synthetic import FINDINGS, _strengths, generate
+from convirt.data.synthetic import FINDINGS, resolve_strengths, generate
 from convirt.data.transforms import eval_transform
 from convirt.evaluation.embed import embed_images, recalibrate_batchnorm
 from convirt.evaluation.plots import plot_bar_precision, plot_label_fraction_curves
@@ -83,8 +83,6 @@ def run_demo(out: str | Path, size: str = "default", seed: int = 0, progress: bo
     out = Path(out)
     spec = SIZES[size]
     if strength is not None or max_steps is not None:
-        from dataclasses import replace
-
         spec = replace(spec, strength=spec.strength if strength is None else strength,
                        max_steps=spec.max_steps if max_steps is None else max_steps)
     timings: dict[str, float] = {}
@@ -126,7 +124,7 @@ def generate_once(folder: Path, spec: DemoSize, seed: int, progress: bool) -> Pa
     meta_path = folder / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if (meta["n"], meta["seed"], meta["strength"]) == (spec.n_images, seed, _strengths(spec.strength)):
+        if (meta["n"], meta["seed"], meta["strength"]) == (spec.n_images, seed, resolve_strengths(spec.strength)):
             return folder / "manifest.csv"
     return generate(folder, n=spec.n_images, seed=seed, strength=spec.strength, progress=progress)
 

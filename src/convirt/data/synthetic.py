@@ -490,12 +490,12 @@ def make_study(seed: int, index: int, patient: int, size: int = 128,
     prng, srng = _study_rngs(seed, index, patient)
     anatomy, pose = _patient(prng), _pose(srng)
     findings = sample_findings(srng)
-    image, mask, body = render(anatomy, pose, findings, size, _strengths(strength), srng)
+    image, mask, body = render(anatomy, pose, findings, size, resolve_strengths(strength), srng)
     text = write_report(findings, srng)
     return Study((image * 255 + 0.5).astype(np.uint8), mask, body, findings, text)
 
 
-def _strengths(strength: float | Mapping[str, float]) -> dict[str, float]:
+def resolve_strengths(strength: float | Mapping[str, float]) -> dict[str, float]:
     """Per-finding strengths, checked: masks are only guaranteed non-empty in (0.25, 3]."""
     if isinstance(strength, Mapping):
         unknown = set(strength) - set(LESIONS)
@@ -559,7 +559,7 @@ def generate(out_dir: str | Path, n: int, seed: int = 0, size: int = 128, streng
         raise ConfigError(f"n must be at least 1, got {n}")
     if not 32 <= size <= 1024:
         raise ConfigError(f"size must be between 32 and 1024 pixels, got {size}")
-    strengths = _strengths(strength)
+    strengths = resolve_strengths(strength)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)

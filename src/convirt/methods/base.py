@@ -77,7 +77,8 @@ class PretrainMethod(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # non-finite gradients with a finite loss: drop them rather than corrupt the weights
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not all(torch.isfinite(g).all() for g in grads):
+        # one device sync per step, not one per parameter
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             self.skipped_steps += 1
             for p in self.parameters():
                 p.grad = None

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.accelerators import CUDAAccelerator
 import torch
 from torch.utils.data import DataLoader
 
@@ -74,7 +75,7 @@ class PairDataModule(L.LightningDataModule):
         # dropout uses, or a resumed run would diverge from an uninterrupted one.
         generator = torch.Generator().manual_seed(self.cfg.trainer.seed)
         return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=self.collate, num_workers=workers, generator=generator,
-                          pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+                          pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
                           persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
     def train_dataloader(self) -> DataLoader:
