@@ -39,3 +39,44 @@ def tiny_overrides(manifest: Path, out: Path, max_steps: int = 4) -> list[str]:
         "trainer.checkpoint_every_n_steps=2", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
         "optim.lr=1e-3", "optim.scheduler=none", "optim.early_stopping_patience=null",
     ]
+
+
+def write_labelled_manifest(root: Path, n: dict | None = None, size: int = 32, seed: int = 0) -> Path:
+    """Labelled images with reports and a ``split`` column: ``bright`` (0/1) is a brighter image, ``kind`` a text class.
+
+    The brightness gap makes the label learnable by any encoder, so protocol tests can check that
+    a classifier learns without training anything big. Patients own two images each.
+    """
+    n = n or {"train": 40, "valid": 16, "test": 16}
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows, i = [], 0
+    for split, count in n.items():
+        for _ in range(count):
+            bright = int(rng.integers(0, 2))
+            level = 170 if bright else 70
+            pixels = np.clip(rng.normal(level, 25, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+            text = "FINDINGS: The lungs look bright." if bright else "FINDINGS: The lungs look dark. No effusion."
+            rows.append({"image": f"images/{i}.png", "text": text, "patient_id": f"p{i // 2}", "split": split,
+                         "bright": bright, "kind": ["light", "dark"][1 - bright] if i % 5 else "mid"})
+            i += 1
+    path = root / "labelled.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def tiny_dual_encoder(folder: Path, size: int = 32) -> Path:
+    """A saved convirt model small enough to build in a second (random weights, scratch text tower)."""
+    import torch
+
+    from convirt.config import ImageConfig, ProjectionConfig, ScratchTextConfig, TextConfig
+    from convirt.models.dual_encoder import DualEncoder
+
+    torch.manual_seed(0)
+    text = TextConfig(model="scratch", freeze_layers=0, max_length=16,
+                      scratch=ScratchTextConfig(vocab_size=80, hidden=32, layers=1, heads=2))
+    corpus = ["The lungs look bright.", "The lungs look dark. No effusion.", "lungs light dark mid"] * 10
+    model = DualEncoder.build(ImageConfig(model="resnet18", pretrained=False, size=size), text, ProjectionConfig(dim=8),
+                              corpus=corpus)
+    return model.save(folder)

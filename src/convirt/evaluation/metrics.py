@@ -90,6 +90,16 @@ def classification_metrics(y_true: Any, y_score: Any, label_names: Sequence[str]
             "threshold": float(threshold), "notes": notes}
 
 
+def multiclass_metrics(y_true: Any, y_score: Any) -> dict:
+    """Accuracy and macro F1 of the argmax prediction for one-hot ``y_true`` (one class per row)."""
+    t, s = _as_2d(y_true, y_score)
+    if (t.sum(axis=1) != 1).any():
+        raise DataError("multi-class metrics need exactly one positive label per row")
+    truth, pred = t.argmax(axis=1), s.argmax(axis=1)
+    return {"accuracy": float(accuracy_score(truth, pred)),
+            "macro_f1": float(f1_score(truth, pred, average="macro", zero_division=0.0))}
+
+
 def macro_auroc(y_true: Any, y_score: Any) -> float:
     """Macro AUROC over the labels with both classes present; NaN if none has (a metric_fn for bootstrap)."""
     t, s = _as_2d(y_true, y_score)

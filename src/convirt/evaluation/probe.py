@@ -34,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from convirt.errors import ConfigError, DataError
-from convirt.evaluation.metrics import as_numpy, classification_metrics
+from convirt.evaluation.metrics import as_numpy, bootstrap_ci, classification_metrics, macro_auroc, multiclass_metrics
 from convirt.evaluation.splits import indices_checksum
 
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -169,13 +169,15 @@ def _mean_std(values: list[float | None]) -> dict[str, Any]:
 def linear_probe_over_fractions(features: Mapping[str, Any], labels: Mapping[str, Any],
                                 subsets: Mapping[tuple[float, int], np.ndarray], label_names: Sequence[str],
                                 Cs: Sequence[float] = DEFAULT_CS, n_jobs: int = 1, max_iter: int = 1000,
-                                tol: float = 1e-6) -> dict:
+                                tol: float = 1e-6, n_boot: int = 0, multiclass: bool = False) -> dict:
     """Fit a probe on every (fraction, seed) training subset and score it on the test split.
 
     ``features``/``labels`` map split names (``train``, ``valid`` or ``val``, ``test``) to arrays;
     subset indices are row positions in the ``train`` arrays. The full validation split is used for
     choosing ``C`` at every fraction. Returns a JSON-serialisable dict: ``runs`` (every seed's
-    numbers) and ``summary[str(fraction)]`` with mean and sample std over seeds.
+    numbers) and ``summary[str(fraction)]`` with mean and sample std over seeds. ``n_boot > 0`` adds
+    a percentile bootstrap interval of each run's test macro AUROC (``test_macro_auroc_ci``);
+    ``multiclass`` adds argmax accuracy / macro F1 for one-hot labels (one-vs-rest probes).
     """
     names = list(label_names)
     train_x, train_y = _split(features, ("train",), "features"), _split(labels, ("train",), "labels")
@@ -193,7 +195,12 @@ def linear_probe_over_fractions(features: Mapping[str, Any], labels: Mapping[str
         if key not in cache:
             t0 = time.perf_counter()
             probe = fit_linear_probe(train_x[idx], train_y[idx], val_x, val_y, Cs, names, max_iter, tol, n_jobs)
-            test = classification_metrics(test_y, probe.predict_scores(test_x), names)
+            scores = probe.predict_scores(test_x)
+            test = classification_metrics(test_y, scores, names)
+            if multiclass:
+                test["multiclass"] = multiclass_metrics(test_y, scores)
+            if n_boot:
+                test["macro_auroc_ci"] = bootstrap_ci(test_y, scores, macro_auroc, n_boot=n_boot, seed=int(seed))
             cache[key] = {"n_train": int(len(idx)),
                           "n_train_positive": dict(zip(names, (int(v) for v in train_y[idx].sum(axis=0)))),
                           "C": probe.C, "val_macro_auroc": probe.val_auroc[repr(probe.C)],
@@ -215,6 +222,9 @@ def summarize_runs(runs: list[dict], label_names: Sequence[str]) -> dict[str, di
                                  "n_train_mean": float(np.mean([r["n_train"] for r in rs]))}
         for m in ("auroc", "auprc", "accuracy", "f1"):
             entry[f"macro_{m}"] = _mean_std([r["test"]["macro"][m] for r in rs])
+        if all("multiclass" in r["test"] for r in rs):
+            for m in ("accuracy", "macro_f1"):
+                entry[f"multiclass_{m}"] = _mean_std([r["test"]["multiclass"][m] for r in rs])
         entry["per_label_auroc"] = {n: _mean_std([r["test"]["per_label"][n]["auroc"] for r in rs]) for n in label_names}
         out[repr(float(fraction))] = entry
     return out

@@ -197,5 +197,6 @@ class DualEncoder(nn.Module):
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"timm_model": self.image_cfg.model, "in_chans": str(self.image_encoder.in_chans)})
         atomic_write_text(path.with_suffix(".json"), json.dumps(
-            {"timm_model": self.image_cfg.model, "in_chans": self.image_encoder.in_chans, "source": "convirt"}, indent=2))
+            {"timm_model": self.image_cfg.model, "in_chans": self.image_encoder.in_chans, "size": self.image_cfg.size,
+             "mean": self.image_cfg.mean, "std": self.image_cfg.std, "source": "convirt"}, indent=2))
         return path
