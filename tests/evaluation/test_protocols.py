@@ -80,3 +80,4 @@ def test_trained_linear_layer_is_deterministic_and_learns(data, tmp_path):
     ra, rb = a["models"]["Random resnet18"]["runs"][0], b["models"]["Random resnet18"]["runs"][0]
     assert ra["test"] == rb["test"] and ra["test"]["macro"]["auroc"] > 0.9
     assert a["protocol"] == "linear-trained" and (tmp_path / "a" / "results.md").is_file()
+    assert (tmp_path / "a" / "saliency_0.png").is_file() and "saliency_0.png" in (tmp_path / "a" / "results.md").read_text()

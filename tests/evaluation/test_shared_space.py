@@ -98,3 +98,22 @@ def test_text_protocols_refuse_image_only_encoders(world, tmp_path):
     with pytest.raises(ConfigError, match="needs a text encoder"):
         run_zeroshot([load_encoder("random:resnet18", size=32)], data, tmp_path / "z", _settings(tmp_path),
                      {"light": ["a"], "dark": ["b"], "mid": ["c"]})
+
+
+def test_image_queries_from_a_variable_path_csv_equal_drawn_queries(world, tmp_path):
+    data, model = world
+    enc = load_encoder(str(model))
+    drawn = run_retrieval([enc], data, tmp_path / "a", _settings(tmp_path), ks=(1, 3), per_category=4,
+                          queries_per_category=1, gallery=0)
+    bench, rows = drawn["benchmark"], data.splits["test"]
+    names = ["light", "dark", "mid"]
+    order = [n.split("=")[1] for n in data.label_names]
+    csv = tmp_path / "image_queries.csv"
+    pd.DataFrame({"Variable": [order[c] for c in bench["query_category"]],
+                  "Path": [data.frame["image"].iloc[rows[i]] for i in bench["queries"]]}).to_csv(csv, index=False)
+    from convirt.evaluation.shared_space import read_image_queries
+
+    given = run_retrieval([enc], data, tmp_path / "b", _settings(tmp_path), ks=(1, 3), per_category=4,
+                          image_queries=read_image_queries(csv, order, image_root=data.manifest.parent), gallery=0)
+    assert given["models"][enc.name]["image_to_image"]["mean"] == drawn["models"][enc.name]["image_to_image"]["mean"]
+    assert sorted(names) == sorted(order)

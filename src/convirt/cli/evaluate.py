@@ -64,7 +64,7 @@ def register(subparsers) -> None:
     p.add_argument("--per-category", type=int, help="draw this many candidates per category from the test rows "
                    "(positive for exactly that category); default: every row of --data is a candidate")
     p.add_argument("--queries-per-category", type=int, default=0, help="image queries drawn per category (disjoint)")
-    p.add_argument("--image-queries", type=Path, help="CSV of query images (image or Path, + the same label columns)")
+    p.add_argument("--image-queries", type=Path, help="CSV of query images: Variable,Path (8x200 style) or image/Path + the same label columns")
     p.add_argument("--text-queries", type=Path, help="CSV Variable,Text of query sentences (convirt models only)")
     p.add_argument("--ks", nargs="+", type=int, default=[5, 10, 50])
     p.add_argument("--bench-seed", type=int, default=0, help="seed of the drawn benchmark")
@@ -166,15 +166,14 @@ def _finetune(args) -> int:
 
 
 def _retrieval(args) -> int:
-    from convirt.evaluation.labelled import load_labelled
-    from convirt.evaluation.shared_space import run_retrieval
+    from convirt.evaluation.shared_space import category_names, read_image_queries, run_retrieval
 
     settings = _settings(args)
     encoders, data = _load(args, required_splits=(), image_root=args.image_root)
     queries = None
     if args.image_queries:
-        queries = load_labelled(args.image_queries, args.labels or data.label_names, "auto", args.uncertain,
-                                args.allow_absolute_paths, (), args.image_root)
+        queries = read_image_queries(args.image_queries, category_names(data), args.image_root,
+                                     args.allow_absolute_paths, args.uncertain)
     doc = run_retrieval(encoders, data, args.out, settings, args.ks, args.per_category, args.queries_per_category,
                         queries, args.text_queries)
     return _done(doc, args.out)

@@ -110,7 +110,7 @@ class LinearClassifier(L.LightningModule):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.freeze:
+        if self.freeze and self.training:  # no activations kept for a frozen encoder (saliency runs in eval mode)
             with torch.no_grad():
                 features = self.encoder(images)
             return self.head(features.float())
@@ -159,8 +159,9 @@ def predict(model: LinearClassifier, loader: DataLoader) -> np.ndarray:
 def train_classifier(encoder, train_paths: Sequence[Path], train_y: np.ndarray, val_paths: Sequence[Path],
                      val_y: np.ndarray, test_paths: Sequence[Path], test_y: np.ndarray, label_names: Sequence[str],
                      multiclass: bool, freeze: bool, cfg: FinetuneConfig, seed: int = 0, progress: bool = True,
-                     workdir: str | Path | None = None) -> dict:
-    """One run; returns test metrics, the best validation AUROC and epoch, and the test probabilities."""
+                     workdir: str | Path | None = None, keep_model: bool = False) -> dict:
+    """One run; returns test metrics, the best validation AUROC and epoch, and the test probabilities
+    (``scores``); ``keep_model`` adds the trained :class:`LinearClassifier` (``model``, on the CPU)."""
     cfg.validate()
     L.seed_everything(seed, workers=True, verbose=False)
     module = copy.deepcopy(encoder.module)  # never modify the caller's encoder
@@ -195,6 +196,9 @@ def train_classifier(encoder, train_paths: Sequence[Path], train_y: np.ndarray, 
     test = classification_metrics(test_y, scores, label_names)
     if multiclass:
         test["multiclass"] = multiclass_metrics(test_y, scores)
-    return {"best_val_macro_auroc": float(best.best_model_score), "epochs": int(epochs_run),
-            "n_train": len(train_set), "test": test, "config": asdict(cfg), "scores": scores}
+    out = {"best_val_macro_auroc": float(best.best_model_score), "epochs": int(epochs_run),
+           "n_train": len(train_set), "test": test, "config": asdict(cfg), "scores": scores}
+    if keep_model:
+        out["model"] = model.eval()
+    return out
 

@@ -41,6 +41,7 @@ class Settings:
     cache_dir: str | Path | None = field(default_factory=default_cache_dir)
     subsets_file: str | Path | None = None
     tsne: bool = True
+    saliency: int = 8  # Grad-CAM pictures of the trained classifiers (0: none)
     progress: bool = True
 
     def validate(self) -> "Settings":
@@ -135,8 +136,9 @@ def run_finetune(encoders: Sequence[Encoder], data: LabelledData, out: str | Pat
     """Protocols 1b (``freeze=True``: a linear layer trained with augmentations) and 2 (fine-tuning)."""
     out, settings = Path(out), settings.validate()
     subsets, subsets_info = pinned_subsets(data, settings, out)
-    models = {}
-    for enc in encoders:
+    models, pictures = {}, []
+    explain = (max(float(f) for f in settings.fractions), int(settings.seeds[0]))  # the run whose model is pictured
+    for m, enc in enumerate(encoders):
         prepare(enc, data, settings)
         runs, done = [], {}
         for (fraction, seed), idx in sorted(subsets.items()):
@@ -146,8 +148,13 @@ def run_finetune(encoders: Sequence[Encoder], data: LabelledData, out: str | Pat
                 r = train_classifier(enc, train_paths, data.split_y("train")[idx], data.split_paths("valid"),
                                      data.split_y("valid"), data.split_paths("test"), data.split_y("test"),
                                      data.label_names, data.task == "multiclass", freeze, cfg, seed, settings.progress,
-                                     workdir=out)
+                                     workdir=out, keep_model=(float(fraction), int(seed)) == explain)
                 scores = r.pop("scores")
+                if "model" in r and settings.saliency:
+                    file = f"saliency_{m}.png"
+                    if saliency_figure(r.pop("model"), enc, data, scores, out / file, settings.saliency):
+                        pictures.append(file)
+                r.pop("model", None)
                 if settings.n_boot:
                     from convirt.evaluation.metrics import bootstrap_ci, macro_auroc
 
@@ -162,12 +169,33 @@ def run_finetune(encoders: Sequence[Encoder], data: LabelledData, out: str | Pat
                else "the whole encoder and a linear layer trained end to end")
     doc = {"protocol": name, "variant": variant, "data": data.describe(), "settings": settings.to_dict(),
            "finetune": asdict(cfg), "subsets": subsets_info, "models": models}
-    pictures = _classification_pictures(doc, out, data, {})
+    pictures = _classification_pictures(doc, out, data, {}) + pictures
     return write_results(out, doc, render_classification(doc, pictures))
 
 
+def saliency_figure(model, encoder: Encoder, data: LabelledData, scores: np.ndarray, path: Path, n: int) -> bool:
+    """Grad-CAM of the first label for the ``n`` test images the model scores highest on it."""
+    import torch
+
+    from convirt.data.images import load_image, to_tensor
+    from convirt.evaluation.plots import plot_saliency
+    from convirt.evaluation.saliency import grad_cam
+
+    if encoder.module.backbone.__class__.__name__.lower().startswith(("vit", "vision")):
+        return False  # Grad-CAM needs a spatial feature map
+    top = np.argsort(-scores[:, 0], kind="stable")[:n]
+    paths = data.split_paths("test")
+    transform = encoder.transform()
+    images = torch.stack([transform(to_tensor(load_image(paths[i]))) for i in top])
+    maps = grad_cam(model, images, target_class=0)
+    truth = data.split_y("test")[top, 0]
+    titles = [f"{data.label_names[0]}: p={scores[i, 0]:.2f}, truth {t}" for i, t in zip(top, truth)]
+    plot_saliency(images[:, 0].numpy(), maps, path, titles=titles)
+    return True
+
+
 def _classification_pictures(doc: dict, out: Path, data: LabelledData, test_features: dict) -> list[str]:
-    from convirt.evaluation.plots import plot_label_fraction_curves, plot_tsne
+    from convirt.evaluation.plots import plot_label_fraction_curves, plot_tsne, plot_umap
 
     pictures = []
     summaries = {name: m["summary"] for name, m in doc["models"].items()}
@@ -183,4 +211,6 @@ def _classification_pictures(doc: dict, out: Path, data: LabelledData, test_feat
             file = f"tsne_{i}.png"
             plot_tsne(x, colours, names, out / file, title=f"t-SNE of test features: {model}")
             pictures.append(file)
+            if plot_umap(x, colours, names, out / f"umap_{i}.png", title=f"UMAP of test features: {model}"):
+                pictures.append(f"umap_{i}.png")  # only when umap-learn is installed
     return pictures

@@ -56,21 +56,50 @@ def read_text_queries(path: str | Path, categories: Sequence[str]) -> tuple[list
     return df["Text"].tolist(), np.array([list(categories).index(v) for v in df["Variable"]], dtype=np.int64)
 
 
-def _category_names(data: LabelledData) -> list[str]:
+def read_image_queries(path: str | Path, categories: Sequence[str], image_root: str | Path | None = None,
+                       allow_absolute: bool = False, uncertain: str = "error") -> tuple[list[Path], np.ndarray]:
+    """Query images with their category: a CSV ``Variable,Path`` (8×200 style) or a labelled table whose
+    rows are positive for exactly one of ``categories`` (the same label columns as the candidates)."""
+    from convirt.data.manifest import resolve_image_paths
+    from convirt.evaluation.labelled import load_labelled
+
+    path = Path(path)
+    head = pd.read_csv(path, nrows=0).columns
+    if "Variable" in head:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        column = "Path" if "Path" in df.columns else "image"
+        unknown = sorted(set(df["Variable"]) - set(categories))
+        if column not in df.columns or unknown:
+            raise DataError(f"{path}: image queries need Variable,Path columns with Variable among {list(categories)}"
+                            + (f" (unknown: {unknown})" if unknown else ""))
+        root = Path(image_root) if image_root else path.parent
+        paths = [resolve_image_paths(p, root, allow_absolute)[0] for p in df[column]]
+        return paths, np.array([list(categories).index(v) for v in df["Variable"]], dtype=np.int64)
+    queries = load_labelled(path, None, "auto", uncertain, allow_absolute, (), image_root)
+    names = category_names(queries)
+    if sorted(names) != sorted(categories):
+        raise DataError(f"image queries in {path} have labels {names}, the candidates {list(categories)}")
+    y = queries.split_y("test")[:, [names.index(c) for c in categories]]
+    if (y.sum(axis=1) != 1).any():
+        raise DataError(f"{path}: every image query must be positive for exactly one category")
+    return queries.split_paths("test"), y.argmax(axis=1)
+
+
+def category_names(data: LabelledData) -> list[str]:
     """Label names as categories (``COLUMN=VALUE`` keeps the value, so prompts and queries can use it)."""
     return [n.split("=", 1)[1] if "=" in n else n for n in data.label_names]
 
 
 def run_retrieval(encoders: Sequence[Encoder], data: LabelledData, out: str | Path, settings: Settings,
                   ks: Sequence[int] = (5, 10, 50), per_category: int | None = None, queries_per_category: int = 0,
-                  image_queries: LabelledData | None = None, text_queries: str | Path | None = None,
+                  image_queries: tuple[list[Path], np.ndarray] | None = None, text_queries: str | Path | None = None,
                   gallery: int = 4) -> dict:
     """Image→image and text→image P@K; candidates are the ``test`` rows (all rows without a split column)."""
     from convirt.evaluation.plots import plot_bar_precision, plot_retrieval_gallery
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    categories = _category_names(data)
+    categories = category_names(data)
     rows = data.splits["test"]
     frame = pd.DataFrame(data.y[rows], columns=categories)
     if per_category:  # draw an N x M benchmark from the labelled rows
@@ -84,14 +113,8 @@ def run_retrieval(encoders: Sequence[Encoder], data: LabelledData, out: str | Pa
         query_rows, query_cat = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         benchmark = {"drawn": False}
     cand_paths = [data.paths[i] for i in cand_rows]
-    if image_queries is not None:
-        q_names = _category_names(image_queries)
-        if q_names != categories:
-            raise DataError(f"image queries have labels {q_names}, candidates {categories}")
-        q_y = image_queries.y[image_queries.splits["test"]]
-        if (q_y.sum(axis=1) != 1).any():
-            raise DataError("every image query must be positive for exactly one category")
-        query_paths, query_cat = image_queries.split_paths("test"), q_y.argmax(axis=1)
+    if image_queries is not None:  # from read_image_queries
+        query_paths, query_cat = image_queries
     else:
         query_paths = [data.paths[i] for i in query_rows]
     texts, text_cat = read_text_queries(text_queries, categories) if text_queries else ([], np.zeros(0, np.int64))
@@ -168,7 +191,7 @@ def run_zeroshot(encoders: Sequence[Encoder], data: LabelledData, out: str | Pat
     from convirt.evaluation.zeroshot import class_scores, zero_shot_metrics
 
     out = Path(out)
-    categories = _category_names(data)
+    categories = category_names(data)
     missing = [c for c in categories if c not in prompts]
     if missing:
         raise DataError(f"no prompts for class(es) {missing}; the prompt file has {sorted(prompts)}")
@@ -230,7 +253,7 @@ def run_report_retrieval(encoders: Sequence[Encoder], data: LabelledData, out: s
         raise DataError(f"{sum(not r.strip() for r in reports)} empty report(s) among the candidates in {source.manifest}")
     paired = np.arange(len(rows)) if corpus is None else None
     image_labels = data.split_y("test")
-    report_labels = source.y[rows] if corpus is None or _category_names(corpus) == _category_names(data) else None
+    report_labels = source.y[rows] if corpus is None or category_names(corpus) == category_names(data) else None
     cache, models = EmbeddingCache(settings.cache_dir), {}
     for enc in encoders:
         _needs_text(enc, "image→report retrieval")

@@ -136,7 +136,8 @@ def run_suite(config: str | Path, out: str | Path, models: list[str] | None = No
     from convirt.evaluation.labelled import load_labelled
     from convirt.evaluation.probe import DEFAULT_CS
     from convirt.evaluation.protocols import Settings, run_finetune, run_linear
-    from convirt.evaluation.shared_space import run_report_retrieval, run_retrieval, run_zeroshot
+    from convirt.evaluation.shared_space import (category_names, read_image_queries, run_report_retrieval, run_retrieval,
+                                                 run_zeroshot)
     from convirt.evaluation.zeroshot import load_prompts
 
     config, out = Path(config), Path(out)
@@ -171,8 +172,8 @@ def run_suite(config: str | Path, out: str | Path, models: list[str] | None = No
         elif name == "retrieval":
             queries = None
             if p.image_queries:
-                queries = load_labelled(_resolve(base, p.image_queries), p.labels or cfg.labels or data.label_names,
-                                        "auto", p.uncertain, cfg.allow_absolute_paths, (), image_root)
+                queries = read_image_queries(_resolve(base, p.image_queries), category_names(data), image_root,
+                                             cfg.allow_absolute_paths, p.uncertain)
             docs[name] = run_retrieval(encoders, data, target, settings, p.ks or (5, 10, 50), p.per_category,
                                        p.queries_per_category, queries, _resolve(base, p.text_queries))
         elif name == "zeroshot":
