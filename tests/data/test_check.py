@@ -151,3 +151,14 @@ def test_cli_help_lists_the_options(capsys):
     text = capsys.readouterr().out
     for flag in ("MANIFEST", "--no-decode", "--json OUT", "--allow-absolute-paths", "Exit status"):
         assert flag in text
+
+
+def test_labelled_set_without_text(tmp_path, capsys):
+    _image(tmp_path / "images" / "a.png")
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({"image": ["images/a.png", "images/a.png"], "Pneumonia": [1, 0]}).to_csv(path, index=False)
+    assert [b.column for b in check_manifest(path, progress=False).bad] == ["text"]
+    report = check_manifest(path, progress=False, require_text=False)
+    assert report.ok and report.ok_rows == [1, 2]
+    assert [w.reason for w in report.warnings] == ["duplicate of row 1 (same image)"]
+    assert main(["data", "check", str(path), "--no-text"]) == 0

@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--allow-absolute-paths", action="store_true",
                    help="accept absolute image paths (by default paths must be relative to the manifest's folder)")
     p.add_argument("--workers", type=int, default=None, help="threads decoding images (default: number of CPUs)")
+    p.add_argument("--no-text", action="store_true",
+                   help="a labelled set without reports (e.g. from `convirt data prepare kermany`): no text column needed")
     p.set_defaults(func=run)
 
 
@@ -33,7 +35,7 @@ def run(args) -> int:
     from convirt.data.check import check_manifest
 
     report = check_manifest(args.manifest, decode_images=not args.no_decode, allow_absolute=args.allow_absolute_paths,
-                            progress=sys.stderr.isatty(), workers=args.workers)
+                            progress=sys.stderr.isatty(), workers=args.workers, require_text=not args.no_text)
     n_ok = len(report.ok_rows)
     print(f"{report.path}: {report.n_rows} rows, {n_ok} ok, {report.n_bad_rows} with problems"
           + ("" if report.ok else f" ({len(report.bad)} problem(s))"))

@@ -57,10 +57,12 @@ class CheckReport:
 
 
 def check_manifest(path: str | Path, decode_images: bool = True, allow_absolute: bool = False,
-                   progress: bool = True, workers: int | None = None) -> CheckReport:
+                   progress: bool = True, workers: int | None = None, require_text: bool = True) -> CheckReport:
     """Check columns, image paths, image files (decoded when ``decode_images``) and reports.
 
     Decoding runs on ``workers`` threads (default: the CPU count); image decoders release the GIL.
+    ``require_text=False`` accepts a labelled set without reports (no ``text`` column); a ``text``
+    column that is present is still checked.
     """
     path = Path(path)
     report = CheckReport(str(path))
@@ -70,7 +72,8 @@ def check_manifest(path: str | Path, decode_images: bool = True, allow_absolute:
         report.bad.append(BadRow(None, None, f"cannot read manifest: {err}"))
         return report
     report.n_rows = len(df)
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    required = [c for c in REQUIRED_COLUMNS if require_text or c != "text"]
+    missing = [c for c in required if c not in df.columns]
     for column in missing:
         report.bad.append(BadRow(None, column, _missing_column_reason(column, list(df.columns))))
     if missing:
@@ -81,8 +84,10 @@ def check_manifest(path: str | Path, decode_images: bool = True, allow_absolute:
 
     to_decode: list[tuple[int, str, Path]] = []
     seen: dict[tuple[str, str], int] = {}
-    for row, (entry, text) in enumerate(zip(df["image"].tolist(), df["text"].tolist()), start=1):
-        reason = _text_problem(text)
+    has_text = "text" in df.columns
+    texts = df["text"].tolist() if has_text else [""] * len(df)
+    for row, (entry, text) in enumerate(zip(df["image"].tolist(), texts), start=1):
+        reason = _text_problem(text) if has_text else None
         if reason:
             report.bad.append(BadRow(row, "text", reason))
         try:
@@ -98,7 +103,8 @@ def check_manifest(path: str | Path, decode_images: bool = True, allow_absolute:
         if not reason:
             first = seen.setdefault((entry.strip(), text.strip()), row)
             if first != row:
-                report.warnings.append(BadRow(row, None, f"duplicate of row {first} (same image and report)"))
+                same = "same image and report" if has_text else "same image"
+                report.warnings.append(BadRow(row, None, f"duplicate of row {first} ({same})"))
 
     if decode_images and to_decode:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
