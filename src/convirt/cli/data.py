@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-VERBS = ["check", "synth", "prepare"]
+VERBS = ["check", "cache", "synth", "prepare"]
 
 
 def register(subparsers) -> None:
