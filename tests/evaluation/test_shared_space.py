@@ -117,3 +117,24 @@ def test_image_queries_from_a_variable_path_csv_equal_drawn_queries(world, tmp_p
                           image_queries=read_image_queries(csv, order, image_root=data.manifest.parent), gallery=0)
     assert given["models"][enc.name]["image_to_image"]["mean"] == drawn["models"][enc.name]["image_to_image"]["mean"]
     assert sorted(names) == sorted(order)
+
+
+def test_negated_text_queries_rank_by_the_difference(world, tmp_path):
+    data, model = world
+    enc = load_encoder(str(model))
+    queries = tmp_path / "q.csv"
+    pd.DataFrame({"Variable": ["light", "dark", "mid"], "Text": ["bright lungs", "dark lungs", "mid"],
+                  "Negated": ["dark lungs", "", "no effusion"]}).to_csv(queries, index=False)
+    doc = run_retrieval([enc], data, tmp_path / "n", _settings(tmp_path), ks=(1, 3), text_queries=queries, gallery=0)
+    img = F.normalize(torch.from_numpy(_features(enc, data.split_paths("test"), True)), dim=1)
+    q = enc.dual.encode_text(["bright lungs", "dark lungs", "mid"])
+    q[0] -= enc.dual.encode_text(["dark lungs"])[0]
+    q[2] -= enc.dual.encode_text(["no effusion"])[0]
+    sims = (F.normalize(q, dim=1) @ img.T).numpy()
+    y = data.split_y("test")
+    order = [n.split("=")[1] for n in data.label_names]
+    cats = [order.index(c) for c in ("light", "dark", "mid")]
+    for k in (1, 3):
+        expected = np.mean([y[np.argsort(-s, kind="stable")[:k], c].mean() for s, c in zip(sims, cats)])
+        assert doc["models"][enc.name]["text_to_image"]["mean"][f"P@{k}"] == pytest.approx(expected)
+    assert doc["text_queries"]["n_with_negation"] == 2

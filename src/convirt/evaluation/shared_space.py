@@ -45,15 +45,31 @@ def _embed(encoder: Encoder, paths: list[Path], data: LabelledData, settings: Se
                      settings.progress, desc, projected=projected)
 
 
-def read_text_queries(path: str | Path, categories: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """A CheXpert 8×200 query CSV ``Variable,Text``: (sentences, category index per sentence)."""
+def read_text_queries(path: str | Path, categories: Sequence[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """A CheXpert 8×200 query CSV ``Variable,Text`` (optionally ``Negated``): (sentences, category
+    index per sentence, negated sentences or ``""``).
+
+    With a ``Negated`` statement a query ranks images by similarity to the sentence minus
+    similarity to its negation: report-trained text towers see "No effusion." in most reports, so
+    a bare positive query also matches images without the finding (docs/demo.md measures it).
+    """
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     if not {"Variable", "Text"} <= set(df.columns):
         raise DataError(f"{path}: a text query file needs columns Variable,Text (found {list(df.columns)})")
     unknown = sorted(set(df["Variable"]) - set(categories))
     if unknown:
         raise DataError(f"{path}: query categories {unknown} are not among the labels {list(categories)}")
-    return df["Text"].tolist(), np.array([list(categories).index(v) for v in df["Variable"]], dtype=np.int64)
+    negated = df["Negated"].tolist() if "Negated" in df.columns else [""] * len(df)
+    return df["Text"].tolist(), np.array([list(categories).index(v) for v in df["Variable"]], dtype=np.int64), negated
+
+
+def query_embeddings(dual, texts: Sequence[str], negated: Sequence[str]) -> np.ndarray:
+    """Unit text embeddings, minus the negated statement's where one is given (ranking by the difference)."""
+    emb = dual.encode_text(list(texts)).numpy()
+    rows = [i for i, n in enumerate(negated) if n.strip()]
+    if rows:
+        emb[rows] -= dual.encode_text([negated[i] for i in rows]).numpy()
+    return emb
 
 
 def read_image_queries(path: str | Path, categories: Sequence[str], image_root: str | Path | None = None,
@@ -117,7 +133,7 @@ def run_retrieval(encoders: Sequence[Encoder], data: LabelledData, out: str | Pa
         query_paths, query_cat = image_queries
     else:
         query_paths = [data.paths[i] for i in query_rows]
-    texts, text_cat = read_text_queries(text_queries, categories) if text_queries else ([], np.zeros(0, np.int64))
+    texts, text_cat, negated = read_text_queries(text_queries, categories) if text_queries else ([], np.zeros(0, np.int64), [])
 
     cache, models, pictures, bars = EmbeddingCache(settings.cache_dir), {}, [], {}
     for m, enc in enumerate(encoders):
@@ -137,7 +153,7 @@ def run_retrieval(encoders: Sequence[Encoder], data: LabelledData, out: str | Pa
                 pictures.append(file)
         if texts and enc.dual is not None:
             image_emb = _embed(enc, cand_paths, data, settings, cache, True, f"{enc.name}: candidates (projected)")
-            text_emb = enc.dual.encode_text(texts).numpy()
+            text_emb = query_embeddings(enc.dual, texts, negated)
             result["text_to_image"] = text_to_image_precision(text_emb, text_cat, image_emb, cand_y, ks, categories)
             bars[f"{enc.name} text→image"] = result["text_to_image"]
         elif texts:
@@ -151,7 +167,8 @@ def run_retrieval(encoders: Sequence[Encoder], data: LabelledData, out: str | Pa
     pictures.insert(0, "precision.png")
     doc = {"protocol": "retrieval", "data": data.describe(), "settings": settings.to_dict(), "ks": list(ks),
            "categories": categories, "n_candidates": len(cand_paths), "n_image_queries": len(query_paths),
-           "text_queries": {"file": str(text_queries), "n": len(texts)} if texts else None,
+           "text_queries": {"file": str(text_queries), "n": len(texts), "n_with_negation": sum(bool(n.strip()) for n in negated)}
+           if texts else None,
            "benchmark": benchmark, "models": models}
     return write_results(out, doc, _render_retrieval(doc, pictures))
 

@@ -1,0 +1,220 @@
+"""``convirt benchmark``: pretrain several methods with the same budget, evaluate them all the same way.
+
+The paper's argument is a comparison (Table 2–3): ConVIRT against random and ImageNet init, the
+captioning and contrastive-binary baselines, and image-only SimCLR / MoCo v2. Here every method
+
+* is pretrained by ``convirt pretrain --method M`` from the same preset (``demo``: ResNet-18, a
+  small text tower, the same augmentations), with the same number of optimiser steps and the same
+  batch size (pairs, or images for image-only methods) — "same compute" means the same updates on
+  the same data stream, not the same FLOPs (SimCLR's two views cost it more per step);
+* is scored by the same evaluation code on the same pinned subsets: linear probes at label
+  fractions (:func:`convirt.evaluation.protocols.run_linear`) and, for methods whose text tower is
+  trained into the joint space, text→image Precision@K with negation-aware queries.
+
+Runs are kept in ``OUT/runs/METHOD`` and resumed (``--resume``) when the benchmark is started
+again, so an interrupted benchmark loses at most one checkpoint interval. The claims of the issue
+are checked against the numbers and written down whether they hold or not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from convirt.atomic import atomic_write_text
+from convirt.errors import ConfigError
+
+BASELINE_SPECS = {"random": "random:{model}", "imagenet": "imagenet:{model}"}
+# methods whose text tower is trained into the joint space (text->image retrieval is meaningful)
+JOINT_SPACE = ("convirt", "clip", "binary", "gloria")
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    n_images: int
+    max_steps: int
+    batch_size: int
+    strength: float
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+
+
+SIZES = {
+    "default": BenchSize(3000, 600, 64, 2.0, (0.01, 0.1, 1.0), (0, 1, 2)),  # the demo's budget per method
+    "small": BenchSize(800, 80, 32, 2.0, (0.1, 1.0), (0, 1)),
+}
+
+
+def parse_methods(text: str) -> list[str]:
+    from convirt.methods import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS and m not in BASELINE_SPECS]
+    if unknown or not methods:
+        raise ConfigError(f"unknown method(s) {unknown}; choose from {sorted([*METHODS, *BASELINE_SPECS])}")
+    return list(dict.fromkeys(methods))
+
+
+def _queries_csv(path: Path, categories: list[str]) -> Path | None:
+    """The demo's query (and negation) per synthetic finding; None when no label has one."""
+    from convirt.demo import NEGATED, QUERIES
+
+    rows = [{"Variable": c, "Text": QUERIES[c], "Negated": NEGATED[c]} for c in categories if c in QUERIES]
+    if not rows:
+        return None
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _pretrain(method: str, manifest: Path, out: Path, spec: BenchSize, seed: int, progress: bool,
+              overrides: list[str]) -> dict:
+    from convirt.config import load_config
+    from convirt.training.run import pretrain
+
+    if (out / "summary.json").is_file() and (out / "model").is_dir():
+        summary = json.loads((out / "summary.json").read_text())
+        if summary.get("global_step") == spec.max_steps:
+            return {**summary, "reused": True}
+    cfg = load_config("demo", [f"method={method}", f"data.train={manifest}", f"trainer.out_dir={out}",
+                               f"trainer.max_steps={spec.max_steps}", f"data.batch_size={spec.batch_size}",
+                               f"trainer.seed={seed}", f"trainer.progress_bar={str(progress).lower()}", *overrides])
+    start = time.time()
+    summary = pretrain(cfg, resume=(out / "checkpoints").is_dir())
+    return {**summary, "wall_s": round(time.time() - start, 1)}
+
+
+def run_benchmark(methods: list[str], out: str | Path, data: str = "synth", size: str | BenchSize = "default", seed: int = 0,
+                  labels: list[str] | None = None, image_model: str = "resnet18", progress: bool = True,
+                  overrides: list[str] | None = None) -> dict:
+    """Pretrain each method, evaluate all, write ``benchmark.md`` / ``benchmark.json`` / ``benchmark.csv``."""
+    from convirt.data.synthetic import FINDINGS
+    from convirt.demo import generate_once
+    from convirt.evaluation.encoders import load_encoder
+    from convirt.evaluation.labelled import load_labelled
+    from convirt.evaluation.protocols import Settings, run_linear
+    from convirt.evaluation.shared_space import run_retrieval
+    from convirt.methods import METHODS
+
+    from convirt.config import load_config
+
+    if not isinstance(size, BenchSize) and size not in SIZES:
+        raise ConfigError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    out, spec = Path(out), size if isinstance(size, BenchSize) else SIZES[size]
+    overrides = [f"image.model={image_model}", *(overrides or [])]
+    image_size = load_config("demo", overrides).image.size  # baselines see what the pretrained encoders see
+    if data == "synth":
+        from convirt.demo import DemoSize
+
+        manifest = generate_once(out / "data", DemoSize(spec.n_images, spec.max_steps, spec.batch_size, spec.strength),
+                                 seed, progress)
+        labels = labels or [f for f in FINDINGS if f != "No Finding"]
+    else:
+        manifest = Path(data)
+    timings, summaries, encoders = {}, {}, []
+    for method in methods:
+        if method in BASELINE_SPECS:
+            encoders.append(load_encoder(BASELINE_SPECS[method].format(model=image_model), size=image_size, seed=seed,
+                                         name=method))
+            continue
+        t0 = time.time()
+        summaries[method] = _pretrain(method, manifest, out / "runs" / method, spec, seed, progress, overrides)
+        timings[method] = round(time.time() - t0, 1)
+        encoders.append(load_encoder(str(out / "runs" / method), name=method))
+
+    labelled = load_labelled(manifest, labels)
+    settings = Settings(fractions=spec.fractions, seeds=spec.seeds, cache_dir=out / "cache", progress=progress,
+                        n_boot=200)
+    linear = run_linear(encoders, labelled, out / "linear", settings)
+    joint = [e for e in encoders if e.name in JOINT_SPACE and METHODS[e.name].needs_text]
+    retrieval = None
+    test_only = load_labelled(manifest, labels, required_splits=())
+    queries = _queries_csv(out / "text_queries.csv", list(test_only.label_names))
+    if joint and queries:
+        retrieval = run_retrieval(joint, test_only, out / "retrieval", settings, ks=(5, 10, 50), text_queries=queries,
+                                  gallery=0)
+    doc = {"methods": methods, "size": size if isinstance(size, str) else "custom", "spec": spec.__dict__, "seed": seed, "data": str(manifest),
+           "pretrain": summaries, "pretrain_seconds": timings, "linear": _linear_table(linear),
+           "text_to_image": {n: m["text_to_image"]["mean"] for n, m in (retrieval or {"models": {}})["models"].items()
+                             if m.get("text_to_image")}}
+    doc["claims"] = check_claims(doc)
+    atomic_write_text(out / "benchmark.json", json.dumps(doc, indent=1, default=float))
+    table = _table(doc)
+    atomic_write_text(out / "benchmark.csv", table.to_csv(index_label="method"))
+    atomic_write_text(out / "benchmark.md", render(doc, table))
+    return doc
+
+
+def _linear_table(linear: dict) -> dict:
+    return {name: {key: v["macro_auroc"] for key, v in m["summary"].items()} for name, m in linear["models"].items()}
+
+
+def _auroc(doc: dict, method: str, fraction: float):
+    stat = doc["linear"].get(method, {}).get(repr(float(fraction)))
+    return None if not stat or stat["mean"] is None else stat
+
+
+def check_claims(doc: dict) -> list[dict]:
+    """The paper's claims, each with the numbers it was judged on; ``holds`` is None when not testable."""
+    fractions = sorted(float(f) for f in doc["spec"]["fractions"])
+    low, high = fractions[0], fractions[-1]
+    mid = next((f for f in fractions if f > low), high)
+    claims = []
+
+    def order(name: str, a: str, b: str, fa: float, fb: float, margin: float = 0.0) -> None:
+        x, y = _auroc(doc, a, fa), _auroc(doc, b, fb)
+        holds = None if x is None or y is None else x["mean"] >= y["mean"] + margin
+        claims.append({"claim": name, "holds": holds, "left": x and x["mean"], "right": y and y["mean"],
+                       "left_std": x and x["std"], "right_std": y and y["std"]})
+
+    for ssl in ("simclr", "mocov2"):
+        order(f"linear AUROC at {low:g}: convirt > {ssl}", "convirt", ssl, low, low)
+        order(f"linear AUROC at {low:g}: {ssl} > random", ssl, "random", low, low)
+    order(f"convirt at {mid:g} of the labels >= random at {high:g}", "convirt", "random", mid, high)
+    t2i = doc["text_to_image"]
+    if "convirt" in t2i and "binary" in t2i:
+        a, b = t2i["convirt"]["P@10"], t2i["binary"]["P@10"]
+        claims.append({"claim": "text->image P@10: convirt far above binary (>= 1.5x)", "holds": a >= 1.5 * b,
+                       "left": a, "right": b})
+    return claims
+
+
+def _table(doc: dict) -> pd.DataFrame:
+    rows = {}
+    for method in doc["methods"]:
+        row = {}
+        for f in doc["spec"]["fractions"]:
+            stat = _auroc(doc, method, f)
+            row[f"AUROC @{100 * f:g}%"] = None if stat is None else stat["mean"]
+            row[f"AUROC @{100 * f:g}% std"] = None if stat is None else stat["std"]
+        row["text→image P@10"] = doc["text_to_image"].get(method, {}).get("P@10")
+        row["pretrain s"] = doc["pretrain_seconds"].get(method)
+        rows[method] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def render(doc: dict, table: pd.DataFrame) -> str:
+    fr = [f"AUROC @{100 * f:g}%" for f in doc["spec"]["fractions"]]
+    lines = ["# Benchmark: every initialisation, same budget, same evaluation", "",
+             f"Size `{doc['size']}`: {doc['spec']['n_images']} synthetic radiographs, {doc['spec']['max_steps']} steps of "
+             f"batch {doc['spec']['batch_size']} per method; linear-probe test macro AUROC (mean ± std over seeds "
+             f"{list(doc['spec']['seeds'])}), text→image P@10 with negation-aware queries.", "",
+             "| method | " + " | ".join(fr) + " | text→image P@10 | pretrain s |", "|---|" + "---|" * (len(fr) + 2)]
+    for method, row in table.iterrows():
+        cells = []
+        for c in fr:
+            v, sd = row[c], row[f"{c} std"]
+            cells.append("–" if pd.isna(v) else f"{v:.3f}" + ("" if pd.isna(sd) else f" ± {sd:.3f}"))
+        p10, secs = row["text→image P@10"], row["pretrain s"]
+        cells += ["–" if pd.isna(p10) else f"{p10:.3f}", "–" if pd.isna(secs) else f"{secs:.0f}"]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "## The paper's claims on this data", ""]
+    for c in doc["claims"]:
+        verdict = {True: "holds", False: "does NOT hold", None: "not testable (method missing)"}[c["holds"]]
+        nums = "" if c["left"] is None or c["right"] is None else f" ({c['left']:.3f} vs {c['right']:.3f})"
+        lines.append(f"- {c['claim']}: **{verdict}**{nums}")
+    lines += ["", "Details: [linear/results.md](linear/results.md), [retrieval/results.md](retrieval/results.md)."]
+    return "\n".join(lines) + "\n"
