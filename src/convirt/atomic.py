@@ -15,6 +15,17 @@ from pathlib import Path
 
 from convirt.errors import ConvirtError
 
+TMP_SUFFIX = ".tmp"  # temporary files are ".NAME.XXXXXXXX.tmp" beside NAME
+
+
+def _default_mode() -> int:
+    mask = os.umask(0)  # read the umask (there is no getter); done once, at import
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _default_mode()
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -25,9 +36,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _MODE)  # mkstemp makes 0600 files; results are meant to be shared
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
