@@ -7,6 +7,7 @@ keys, wrong types and out-of-range values are rejected before any work starts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -30,9 +31,14 @@ class ImageConfig:
     size: int = 224
     mean: float = 0.5
     std: float = 0.5
+    pool: str = "avg"  # "attention": CLIP's attention pooling over the feature map (method clip sets it)
+    pool_heads: int | None = None  # attention pooling heads; None: width / 64, as CLIP
 
     def validate(self) -> None:
         _check(self.size >= 16, "image.size", "must be >= 16", self.size)
+        _check(self.pool in ("avg", "attention"), "image.pool", "must be 'avg' or 'attention'", self.pool)
+        _check(self.pool_heads is None or self.pool_heads >= 1, "image.pool_heads", "must be >= 1, or null for width / 64",
+               self.pool_heads)
         _check(self.std > 0, "image.std", "must be > 0", self.std)
         _check(self.grayscale in ("in_chans", "repeat"), "image.grayscale", "must be 'in_chans' or 'repeat'", self.grayscale)
 
@@ -99,6 +105,68 @@ class LossConfig:
 
 
 @dataclass
+class SSLConfig:
+    """Image-only baselines (``method: simclr | mocov2``): projection head, InfoNCE temperature, MoCo queue.
+
+    SimCLR (Chen et al., ICML 2020): 2-layer ReLU MLP to 128-d, NT-Xent. MoCo v2 (Chen et al.,
+    arXiv:2003.04297): the same head (2048-d hidden for ResNet-50), tau = 0.2, momentum 0.999,
+    K = 65536 keys; 4096 here, so that the queue stays well below a pass over a small data set.
+    """
+
+    temperature: float | None = None  # None: the method's paper value (SimCLR 0.1, MoCo v2 0.2)
+    proj_dim: int = 128
+    proj_hidden: int | None = None  # None: the encoder's width (2048 for ResNet-50), as both papers
+    proj_batchnorm: bool = False  # batch norm after the hidden layer (SimCLR's code, not its paper text)
+    queue_size: int = 4096  # MoCo v2 paper: 65536 (ImageNet, 1.28M images)
+    momentum: float = 0.999
+
+    def validate(self) -> None:
+        _check(self.temperature is None or self.temperature > 0, "ssl.temperature",
+               "must be > 0, or null for the method's paper value (SimCLR 0.1, MoCo v2 0.2)", self.temperature)
+        _check(self.proj_dim >= 1, "ssl.proj_dim", "must be >= 1 (papers: 128)", self.proj_dim)
+        _check(self.proj_hidden is None or self.proj_hidden >= 1, "ssl.proj_hidden",
+               "must be >= 1, or null for the encoder's width", self.proj_hidden)
+        _check(self.queue_size >= 1, "ssl.queue_size", "must be >= 1 (MoCo v2 paper: 65536)", self.queue_size)
+        _check(0 <= self.momentum < 1, "ssl.momentum", "must lie in [0, 1) (MoCo v2 paper: 0.999)", self.momentum)
+
+
+@dataclass
+class BinaryConfig:
+    """``method: binary``, ConVIRT's Contrastive-Binary-Loss baseline: an MLP on the concatenated
+    projections tells true pairs from pairs whose text comes from another study of the batch."""
+
+    negatives: int = 1  # mismatched pairs per true pair (paper: one random "fake" pair per pair)
+    hidden_dim: int | None = None  # the classifier MLP's hidden width; None: projection.dim
+
+    def validate(self) -> None:
+        _check(self.negatives >= 1, "binary.negatives", "must be >= 1 (paper: 1)", self.negatives)
+        _check(self.hidden_dim is None or self.hidden_dim >= 1, "binary.hidden_dim", "must be >= 1, or null for projection.dim",
+               self.hidden_dim)
+
+
+@dataclass
+class CaptionConfig:
+    """``method: caption-lstm | caption-transformer``: the image encoder learns by generating the
+    report. LSTM: Show, Attend and Tell (Xu et al., ICML 2015); transformer: Cornia et al. (CVPR 2020)
+    sizes, d = 512, 3 layers, 8 heads."""
+
+    hidden: int = 512  # LSTM state / word embedding / attention width; transformer d_model
+    layers: int = 3  # transformer encoder and decoder layers (the LSTM has one layer, as Xu et al.)
+    heads: int = 8  # transformer attention heads
+    dropout: float | None = None  # None: 0.5 for the LSTM (Xu et al.'s code), 0.1 for the transformer (Cornia et al.)
+    attention_reg: float = 1.0  # LSTM: weight of Xu et al.'s doubly stochastic attention penalty (Eq. 14)
+
+    def validate(self) -> None:
+        _check(self.hidden >= 1, "caption.hidden", "must be >= 1 (papers: 512)", self.hidden)
+        _check(self.layers >= 1, "caption.layers", "must be >= 1 (Cornia et al.: 3)", self.layers)
+        _check(self.heads >= 1 and self.hidden % self.heads == 0, "caption.heads", "must be >= 1 and divide caption.hidden",
+               self.heads)
+        _check(self.dropout is None or 0 <= self.dropout < 1, "caption.dropout", "must lie in [0, 1), or null for the paper's",
+               self.dropout)
+        _check(self.attention_reg >= 0, "caption.attention_reg", "must be >= 0 (Xu et al.: 1)", self.attention_reg)
+
+
+@dataclass
 class AugmentConfig:
     """The image transformation family T of the paper (Sec. 3 / Appendix), in its order."""
 
@@ -153,9 +221,12 @@ class DataConfig:
     skip_bad_rows: bool = False
     check_images: bool = True  # decode every image once before training (convirt data check)
     allow_absolute_paths: bool = False
+    image_cache: str | None = None  # a `convirt data cache` folder of data.train: no decoding at run time
 
     def validate(self) -> None:
         _check(self.batch_size >= 2, "data.batch_size", "must be >= 2 (a contrastive batch needs negatives)", self.batch_size)
+        _check(self.image_cache is None or (Path(self.image_cache) / "index.json").is_file(), "data.image_cache",
+               "must be a folder written by `convirt data cache MANIFEST --out DIR`", self.image_cache)
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
 
 
@@ -196,6 +267,9 @@ class PretrainConfig:
     text: TextConfig = field(default_factory=TextConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    binary: BinaryConfig = field(default_factory=BinaryConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -206,13 +280,22 @@ class PretrainConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
+        if self.method == "mocov2":  # every step enqueues a whole batch; a shorter queue would overwrite itself
+            _check(self.ssl.queue_size >= self.data.batch_size, "ssl.queue_size",
+                   f"must be >= data.batch_size ({self.data.batch_size}) for mocov2: raise it or lower the batch size",
+                   self.ssl.queue_size)
+        if self.method == "binary":  # the mismatched texts are other rows of the same batch
+            _check(self.binary.negatives < self.data.batch_size, "binary.negatives",
+                   f"must be < data.batch_size ({self.data.batch_size}): raise the batch size or lower it", self.binary.negatives)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from convirt.atomic import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _check(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -283,6 +366,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# What a method changes in the built-in defaults (the paper's ConVIRT). Precedence: built-in defaults <
+# these < the YAML file < --set; so `--config paper --method clip` keeps that file's explicit loss values.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # CLIP (Radford et al., 2021): attention pooling, symmetric loss, learnable tau from 0.07
+    "clip": {"image": {"pool": "attention"}, "loss": {"learn_temperature": True, "temperature": 0.07, "image_weight": 0.5}},
+    # ConVIRT's captioning baselines decode the paired report, not one sentence of it
+    "caption-lstm": {"text": {"sampling": "report"}},
+    "caption-transformer": {"text": {"sampling": "report"}},
+}
+
+
+def with_method_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` laid over the defaults of the method it names (see ``METHOD_DEFAULTS``)."""
+    method = data.get("method", "convirt")
+    if not isinstance(method, str) or method not in METHOD_DEFAULTS:
+        return data
+    return _merge(METHOD_DEFAULTS[method], data)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 PRESETS = Path(__file__).parent / "configs"
 
 
@@ -299,7 +408,8 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
-    """Paper defaults, updated by a YAML file, updated by command-line overrides; validated."""
+    """Paper defaults (and the method's, ``METHOD_DEFAULTS``), updated by a YAML file, updated by
+    command-line overrides; validated."""
     data: dict[str, Any] = {}
     if path is not None:
         path = resolve_config_path(path)
@@ -308,4 +418,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {err}") from err
     apply_overrides(data, overrides or [])
-    return from_dict(PretrainConfig, data).validate()
+    return from_dict(PretrainConfig, with_method_defaults(data)).validate()

@@ -87,3 +87,42 @@ def test_cache_pickles_without_its_memory_map(manifest, tmp_path):
     clone = pickle.loads(pickle.dumps(cache))
     assert clone._array is None
     np.testing.assert_array_equal(clone.load("img/ct.dcm"), first)
+
+
+def test_training_reads_the_same_samples_from_the_cache(tmp_path):
+    from convirt.data.cache import CachedImageLoader
+    from convirt.data.pairs import PairDataset, StreamBatchSampler, pairs_from_manifest
+    from convirt.data.reports import SentenceSampler
+    from convirt.data.transforms import eval_transform
+    from convirt.data.manifest import read_manifest
+    from tests.helpers import write_pair_manifest
+
+    manifest = write_pair_manifest(tmp_path, n_train=12, n_valid=4, size=32)
+    (tmp_path / "images" / "3.png").unlink()  # a vanished file: replaced the same way from both sources
+    build_cache(manifest, tmp_path / "cache", size=32, progress=False)
+    pairs = pairs_from_manifest(read_manifest(manifest), manifest.parent)
+    tf = eval_transform(32)
+    files = PairDataset(pairs, tf, SentenceSampler(), seed=3)
+    cached = PairDataset(pairs, tf, SentenceSampler(), seed=3, load=CachedImageLoader(ImageCache(tmp_path / "cache"), tmp_path))
+    sampler = StreamBatchSampler(len(pairs), batch_size=4, seed=3)
+    for b, batch in zip(range(8), sampler):  # two epochs
+        for key in batch:
+            a, c = files[key], cached[key]
+            assert (a["row"], a["text"], a["replaced"]) == (c["row"], c["text"], c["replaced"])
+            # square images at the cache's size: only the uint8 rounding differs (normalised by std 0.5)
+            assert torch.allclose(a["image"], c["image"], atol=1.0 / 255 + 1e-6)
+
+
+def test_pretraining_from_the_cache(tmp_path):
+    from convirt.config import load_config
+    from convirt.errors import ConfigError
+    from convirt.training.run import pretrain
+    from tests.helpers import tiny_overrides, write_pair_manifest
+
+    manifest = write_pair_manifest(tmp_path, size=32)
+    with pytest.raises(ConfigError, match="data.image_cache"):
+        load_config(None, tiny_overrides(manifest, tmp_path / "run") + [f"data.image_cache={tmp_path / 'nope'}"])
+    build_cache(manifest, tmp_path / "cache", size=32, progress=False)
+    cfg = load_config(None, tiny_overrides(manifest, tmp_path / "run", max_steps=2) + [f"data.image_cache={tmp_path / 'cache'}"])
+    summary = pretrain(cfg)
+    assert summary["global_step"] == 2 and summary["replaced_samples"] == 0

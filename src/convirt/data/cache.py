@@ -143,3 +143,16 @@ class ImageCache:
 
     def __getstate__(self) -> dict:  # workers re-open the map instead of pickling it
         return {**self.__dict__, "_array": None}
+
+
+class CachedImageLoader:
+    """``load(path) -> array`` for :class:`convirt.data.pairs.PairDataset`: the cache's copy of an image
+    under ``root`` (the manifest's folder), the file itself for images the cache does not hold (e.g.
+    a validation manifest elsewhere). Picklable, so loader workers get it."""
+
+    def __init__(self, cache: ImageCache, root: str | Path) -> None:
+        self.cache, self.root = cache, Path(root)
+
+    def __call__(self, path: str | Path) -> np.ndarray:
+        rel = os.path.relpath(path, self.root)
+        return self.cache.load(rel) if rel in self.cache else load_image(path)

@@ -72,7 +72,7 @@ def _decode_raster(path: Path, max_side: int | None, min_side: int) -> np.ndarra
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(f"{path}: image too large to decode safely ({err})") from None
     except (OSError, ValueError, SyntaxError) as err:
-        reason = "truncated file" if "truncated" in str(err) else "corrupt file"
+        reason = "truncated file" if "truncated" in str(err).lower() else "corrupt file"
         raise ImageDecodeError(f"{path}: {reason} ({err})") from None
 
 

@@ -44,14 +44,22 @@ class PairDataset(Dataset):
     Indexed with ``(index, position)`` tuples from :class:`StreamBatchSampler` (or a plain index,
     then position = index). A sample that fails to load at run time is logged by row number and
     replaced by the next row, and flagged so the run can count replacements.
+
+    Image-only methods (SimCLR, MoCo) ask for ``views=2``: ``"image2"`` is a second draw of the
+    transform of the same file, from the same per-sample seed, so resuming stays exact; with
+    ``text_transform=None`` the text is neither read nor required.
     """
 
-    def __init__(self, pairs: Sequence[Pair], image_transform: Callable, text_transform: Callable[[str, random.Random], str],
-                 seed: int = 0, max_replacements: int = 50) -> None:
+    def __init__(self, pairs: Sequence[Pair], image_transform: Callable,
+                 text_transform: Callable[[str, random.Random], str] | None, seed: int = 0, max_replacements: int = 50,
+                 views: int = 1, load: Callable[[Path], np.ndarray] = load_image) -> None:
         if not pairs:
             raise DataError("no usable image-text pairs")
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2; got {views}")
         self.pairs, self.image_transform, self.text_transform = list(pairs), image_transform, text_transform
-        self.seed, self.max_replacements = seed, max_replacements
+        self.seed, self.max_replacements, self.views = seed, max_replacements, views
+        self.load = load  # load_image, or a preprocessing cache (convirt.data.cache.CachedImageLoader)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -75,11 +83,18 @@ class PairDataset(Dataset):
         path = pair.image_paths[rng.randrange(len(pair.image_paths))]  # one view of a multi-view study
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            image = self.image_transform(to_tensor(load_image(path)))
-        text = self.text_transform(pair.text, rng)
-        if not text.strip():
-            raise DataError("empty report")
-        return {"image": image, "text": text, "row": pair.row}
+            pixels = to_tensor(self.load(path))
+            image = self.image_transform(pixels)
+            second = self.image_transform(pixels) if self.views == 2 else None  # continues the same seeded stream
+        sample = {"image": image, "row": pair.row}
+        if second is not None:
+            sample["image2"] = second
+        if self.text_transform is not None:
+            text = self.text_transform(pair.text, rng)
+            if not text.strip():
+                raise DataError("empty report")
+            sample["text"] = text
+        return sample
 
 
 def _safe_reason(err: Exception) -> str:
@@ -90,7 +105,8 @@ def _safe_reason(err: Exception) -> str:
 def pairs_from_manifest(df, root: Path, rows: Sequence[int] | None = None, allow_absolute: bool = False) -> list[Pair]:
     """Pairs for the given 0-based data-frame positions (all when None)."""
     positions = range(len(df)) if rows is None else rows
-    images, texts = df["image"].tolist(), df["text"].tolist()
+    images = df["image"].tolist()
+    texts = df["text"].tolist() if "text" in df.columns else [""] * len(df)  # image-only methods need no reports
     return [Pair(tuple(resolve_image_paths(images[i], root, allow_absolute)), str(texts[i]), i + 1) for i in positions]
 
 
@@ -150,18 +166,22 @@ class FixedBatchSampler:
 
 
 class PairCollator:
-    """Stacks images and tokenises the sampled sentences in the loader workers, off the training thread."""
+    """Stacks images and tokenises the sampled sentences in the loader workers, off the training thread.
+
+    ``tokenizer=None`` (image-only methods): no text; a second view becomes ``"images2"``.
+    """
 
     def __init__(self, tokenizer, max_length: int) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, samples: list[dict]) -> dict:
-        tokens = self.tokenizer([s["text"] for s in samples], padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt", return_token_type_ids=False)
-        return {
-            "images": torch.stack([s["image"] for s in samples]),
-            "input_ids": tokens["input_ids"],
-            "attention_mask": tokens["attention_mask"],
-            "rows": torch.tensor([s["row"] for s in samples]),
-            "replaced": torch.tensor(sum(s["replaced"] for s in samples)),
-        }
+        batch = {"images": torch.stack([s["image"] for s in samples])}
+        if "image2" in samples[0]:
+            batch["images2"] = torch.stack([s["image2"] for s in samples])
+        if self.tokenizer is not None:
+            tokens = self.tokenizer([s["text"] for s in samples], padding=True, truncation=True, max_length=self.max_length,
+                                    return_tensors="pt", return_token_type_ids=False)
+            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
+        batch["rows"] = torch.tensor([s["row"] for s in samples])
+        batch["replaced"] = torch.tensor(sum(s["replaced"] for s in samples))
+        return batch

@@ -25,6 +25,10 @@ KNOWN_SECTIONS = (
     "RECOMMENDATION", "RECOMMENDATIONS", "NOTIFICATION", "FINAL REPORT", "WET READ", "ADDENDUM", "OPINION", "SUMMARY",
 )
 FALLBACKS = ("full", "empty")
+# Sentence splitting (pysbd) takes time quadratic in the text's length: a pasted document in a
+# report cell would stall training for minutes. Radiology reports are a few thousand characters;
+# only the first MAX_REPORT_CHARS of the extracted sections are used.
+MAX_REPORT_CHARS = 10_000
 MODES = ("sentence", "report")
 
 _SEPARATOR = r"(?P<sep>[ \t]*:|[ \t]*[-\u2013\u2014]{1,2}(?=\s)|[ \t]*(?=\r?\n|$))"
@@ -129,7 +133,7 @@ def split_sentences(text: str) -> list[str]:
 # bounded so that each loader worker's copy stays small; a miss costs ~0.5 ms, little next to decoding
 @functools.lru_cache(maxsize=1 << 16)
 def _report_sentences(text: str, sections: tuple[str, ...], fallback: str) -> tuple[str, ...]:
-    return tuple(split_sentences(extract_sections(text, sections, fallback)))
+    return tuple(split_sentences(extract_sections(text, sections, fallback)[:MAX_REPORT_CHARS]))
 
 
 class SentenceSampler:
@@ -139,7 +143,8 @@ class SentenceSampler:
     ``sampler(text, rng)`` draws with ``rng.randrange`` so one seeded ``random.Random`` per sample
     makes the choice reproducible. Splits are cached per report text (a module-level LRU cache,
     so the sampler stays picklable for loader workers), since every report is seen every epoch.
-    A report without sentences returns its stripped text. ``mode="report"`` returns the whole
+    A report without sentences returns its stripped text; only the first ``MAX_REPORT_CHARS`` of the
+    extracted sections are used. ``mode="report"`` returns the whole
     extracted text instead: a deviation from the paper, for ablations and short captions.
     """
 
@@ -156,7 +161,7 @@ class SentenceSampler:
 
     def __call__(self, text: str, rng: random.Random) -> str:
         if self.mode == "report":
-            return normalize_report(extract_sections(text, self.sections, self.fallback))
+            return normalize_report(extract_sections(text, self.sections, self.fallback)[:MAX_REPORT_CHARS])
         sentences = self.sentences(text)
         if not sentences:
             return text.strip()

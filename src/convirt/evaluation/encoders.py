@@ -6,7 +6,8 @@ the same code on the same splits. Accepted specs:
 * ``PATH`` — a ``convirt`` model folder (``model.safetensors`` + ``config.json`` + ``tokenizer/``)
   or a pretraining run folder (its ``model/`` is used). Image *and* text towers are available, so
   zero-shot and text retrieval work. Linear probes use the encoder output h_v (before the
-  projection head), as the paper does (Sec. 4.2).
+  projection head), as the paper does (Sec. 4.2). Runs of image-only methods (``simclr``,
+  ``mocov2``) hold no text tower: they are evaluated like the other image-only encoders.
 * ``imagenet:NAME`` — timm ``NAME`` with its ImageNet weights (downloaded by timm, or a local file
   with ``imagenet:NAME@/path/weights.safetensors``). The gray image is fed to a 1-channel first
   convolution (timm folds the RGB filters) and normalised with the ImageNet mean/std averaged
@@ -124,7 +125,8 @@ def _from_folder(spec: str, size: int | None, name: str | None) -> Encoder:
     model = DualEncoder.load(folder)
     cfg = model.image_cfg
     label = name or (folder.resolve().parent.name if folder.name == "model" else folder.name)
-    return Encoder(label, spec, model.image_encoder.eval(), size or cfg.size, cfg.mean, cfg.std, dual=model,
+    return Encoder(label, spec, model.image_encoder.eval(), size or cfg.size, cfg.mean, cfg.std,
+                   dual=model if model.has_text else None,
                    info={"kind": "convirt", "folder": str(folder), "timm_model": cfg.model, "meta": model.meta})
 
 

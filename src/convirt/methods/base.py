@@ -18,11 +18,18 @@ class NonFiniteLossError(ConvirtError):
 
 
 class PretrainMethod(L.LightningModule):
+    # what the run builds for a method: reports tokenised (else no text tower, no text read),
+    # augmented views per image, and batch norm synchronised across GPUs (SimCLR's global BN)
+    needs_text = True
+    views = 1
+    global_batchnorm = False
+
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.bad_steps_in_a_row = 0
         self.skipped_steps = 0
+        self._rows = torch.empty(0, dtype=torch.long)  # manifest rows of the current batch, for messages
         self.replaced_samples = 0
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._last_step_time: float | None = None
@@ -39,9 +46,9 @@ class PretrainMethod(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int):
         loss = self.compute_loss(batch)
         self.replaced_samples += int(batch["replaced"])
+        self._rows = batch["rows"]
         if not torch.isfinite(loss):
-            return self._skip_non_finite(batch)
-        self.bad_steps_in_a_row = 0
+            return self._skip_non_finite("loss")
         bs = batch["images"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=bs)
@@ -51,15 +58,19 @@ class PretrainMethod(L.LightningModule):
         self._last_step_time = now
         return loss
 
-    def _skip_non_finite(self, batch: dict):
-        """Skip the step (returning None makes Lightning skip backward and the optimiser step)."""
+    def _skip_non_finite(self, what: str):
+        """Count a skipped step (NaN/Inf ``what``: loss or gradients); stop after too many in a row.
+
+        Returning None from ``training_step`` makes Lightning skip backward and the update.
+        """
         self.bad_steps_in_a_row += 1
         self.skipped_steps += 1
-        rows = batch["rows"].tolist()
-        self.print(f"non-finite loss at step {self.global_step}; skipped (rows {rows[:8]}{'...' if len(rows) > 8 else ''})")
+        rows = self._rows.tolist()
+        self.print(f"non-finite {what} at step {self.global_step}; skipped (rows {rows[:8]}{'...' if len(rows) > 8 else ''})")
         if self.bad_steps_in_a_row >= self.cfg.trainer.max_bad_steps:
             raise NonFiniteLossError(
-                f"{self.bad_steps_in_a_row} non-finite losses in a row up to step {self.global_step}; last batch rows: {rows}. "
+                f"{self.bad_steps_in_a_row} steps in a row with a non-finite loss or gradients, up to step {self.global_step} "
+                f"({what}); last batch rows: {rows}. "
                 "Lower optim.lr, use trainer.precision: bf16-mixed instead of 16-mixed, or check those rows."
             )
         return None
@@ -76,12 +87,18 @@ class PretrainMethod(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # non-finite gradients with a finite loss: drop them rather than corrupt the weights
+        if self.trainer.precision == "16-mixed":
+            return  # the gradient scaler skips overflowing steps itself (and lowers its scale)
         grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:  # the loss was skipped already
+            return
         # one device sync per step, not one per parameter
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            self.skipped_steps += 1
+        if not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             for p in self.parameters():
                 p.grad = None
+            self._skip_non_finite("gradients")
+        else:
+            self.bad_steps_in_a_row = 0  # reset only by a step that updates the weights
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):

@@ -31,18 +31,31 @@ WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer"
 
 
 class DualEncoder(nn.Module):
-    """f_v + g_v and f_u + g_u of ConVIRT (Fig. 2), plus everything needed to use them."""
+    """f_v + g_v and f_u + g_u of ConVIRT (Fig. 2), plus everything needed to use them.
 
-    def __init__(self, image_cfg: ImageConfig, text_cfg: TextConfig, projection_cfg: ProjectionConfig,
-                 image_encoder: ImageEncoder, text_encoder: TextEncoder, tokenizer) -> None:
+    Image-only methods (SimCLR, MoCo v2) leave the text side out (``text_encoder=None``): the same
+    folder format, loader and evaluation code then serve them, without a text model to download.
+    """
+
+    def __init__(self, image_cfg: ImageConfig, text_cfg: TextConfig | None, projection_cfg: ProjectionConfig,
+                 image_encoder: ImageEncoder, text_encoder: TextEncoder | None, tokenizer) -> None:
         super().__init__()
         self.image_cfg, self.text_cfg, self.projection_cfg = image_cfg, text_cfg, projection_cfg
         self.image_encoder, self.text_encoder, self.tokenizer = image_encoder, text_encoder, tokenizer
         self.image_head = ProjectionHead(image_encoder.num_features, projection_cfg.dim, projection_cfg.hidden_dim,
                                          projection_cfg.batchnorm)
-        self.text_head = ProjectionHead(text_encoder.num_features, projection_cfg.dim, projection_cfg.hidden_dim,
-                                         projection_cfg.batchnorm)
+        self.text_head = None if text_encoder is None else ProjectionHead(
+            text_encoder.num_features, projection_cfg.dim, projection_cfg.hidden_dim, projection_cfg.batchnorm)
         self.meta: dict[str, Any] = {}
+
+    @property
+    def has_text(self) -> bool:
+        return self.text_encoder is not None
+
+    def _require_text(self) -> None:
+        if self.text_encoder is None:
+            method = self.meta.get("method", "an image-only method")
+            raise ConvirtError(f"this model has no text encoder (trained with {method}): only images can be encoded")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -50,7 +63,7 @@ class DualEncoder(nn.Module):
               corpus: Sequence[str] | None = None, tokenizer=None) -> "DualEncoder":
         """New towers from configuration. ``text.model: scratch`` learns a tokenizer on ``corpus``
         unless one is given (a resumed run reuses the tokenizer it learned)."""
-        image = ImageEncoder(image_cfg.model, image_cfg.pretrained, image_cfg.weights, image_cfg.grayscale)
+        image = ImageEncoder.from_config(image_cfg)
         if text_cfg.model == SCRATCH:
             if tokenizer is None:
                 if not corpus:
@@ -63,8 +76,15 @@ class DualEncoder(nn.Module):
         text = TextEncoder(hf_model, text_cfg.pooling, text_cfg.freeze_layers, text_cfg.freeze_embeddings)
         return cls(image_cfg, text_cfg, projection_cfg, image, text, tokenizer)
 
+    @classmethod
+    def build_image_only(cls, image_cfg: ImageConfig, projection_cfg: ProjectionConfig) -> "DualEncoder":
+        """f_v + g_v alone, for image-only methods (no text model is loaded)."""
+        image = ImageEncoder.from_config(image_cfg)
+        return cls(image_cfg, None, projection_cfg, image, None, None)
+
     # ---------------------------------------------------------------- training-time forward
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        self._require_text()
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.text_cfg.max_length,
                               return_tensors="pt", return_token_type_ids=False)
 
@@ -72,6 +92,7 @@ class DualEncoder(nn.Module):
         return self.image_head(self.image_encoder(images))
 
     def text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        self._require_text()
         return self.text_head(self.text_encoder(input_ids, attention_mask))
 
     # ---------------------------------------------------------------- inference API
@@ -124,6 +145,7 @@ class DualEncoder(nn.Module):
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], normalize: bool = True, projected: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Embeddings of raw strings (tokenised here; no sentence sampling)."""
+        self._require_text()
         if isinstance(texts, str):
             texts = [texts]
         was_training = self.training
@@ -142,15 +164,17 @@ class DualEncoder(nn.Module):
         """Write ``model.safetensors``, ``config.json`` and ``tokenizer/``; each file atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(str(directory / TOKENIZER))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(directory / TOKENIZER))
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(directory / WEIGHTS) as tmp:
             save_file(state, str(tmp), metadata={"format": FORMAT})
         config = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "convirt_version": __version__,
-            "image": dataclasses.asdict(self.image_cfg), "text": dataclasses.asdict(self.text_cfg),
+            "image": dataclasses.asdict(self.image_cfg),
+            "text": dataclasses.asdict(self.text_cfg) if self.has_text else None,  # None: an image-only model
             "projection": dataclasses.asdict(self.projection_cfg),
-            "text_model_config": self.text_encoder.model.config.to_dict(), "meta": self.meta,
+            "text_model_config": self.text_encoder.model.config.to_dict() if self.has_text else None, "meta": self.meta,
         }
         atomic_write_text(directory / CONFIG, json.dumps(config, indent=2))
         return directory
@@ -161,7 +185,7 @@ class DualEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         directory = Path(directory)
-        for name in (WEIGHTS, CONFIG, TOKENIZER):
+        for name in (WEIGHTS, CONFIG):
             if not (directory / name).exists():
                 raise ConvirtError(f"{directory} is not a convirt model folder: {name} is missing")
         try:
@@ -170,20 +194,35 @@ class DualEncoder(nn.Module):
             raise ConvirtError(f"{directory / CONFIG} is not valid JSON: {err}") from err
         if config.get("format") != FORMAT:
             raise ConvirtError(f"{directory / CONFIG} is not a {FORMAT} config")
+        if config.get("text") is not None and not (directory / TOKENIZER).exists():
+            raise ConvirtError(f"{directory} is not a convirt model folder: {TOKENIZER} is missing")
         image_cfg = from_dict(ImageConfig, {**config["image"], "pretrained": False, "weights": None})
-        text_cfg = from_dict(TextConfig, config["text"])
         projection_cfg = from_dict(ProjectionConfig, config["projection"])
-        image = ImageEncoder(image_cfg.model, False, None, image_cfg.grayscale)
+        image = ImageEncoder.from_config(image_cfg, pretrained=False)
+        if config.get("text") is None:  # image-only method
+            return cls._load_weights(cls(image_cfg, None, projection_cfg, image, None, None), directory, config, device)
+        text_cfg = from_dict(TextConfig, config["text"])
         hf_config = dict(config["text_model_config"])
-        hf_model = AutoModel.from_config(AutoConfig.for_model(**hf_config), add_pooling_layer=False)
+        # trust_remote_code=False: a tampered folder may name its own code to run; refuse, never prompt
+        hf_model = AutoModel.from_config(AutoConfig.for_model(**hf_config), add_pooling_layer=False, trust_remote_code=False)
         text = TextEncoder(hf_model, text_cfg.pooling, text_cfg.freeze_layers, text_cfg.freeze_embeddings)
-        tokenizer = AutoTokenizer.from_pretrained(str(directory / TOKENIZER))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory / TOKENIZER), trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            raise ConvirtError(f"{directory / TOKENIZER} cannot be loaded as a tokenizer: {str(err).splitlines()[0]}") from err
         model = cls(image_cfg, text_cfg, projection_cfg, image, text, tokenizer)
+        return cls._load_weights(model, directory, config, device)
+
+    @staticmethod
+    def _load_weights(model: "DualEncoder", directory: Path, config: dict, device) -> "DualEncoder":
         try:
             state = load_file(str(directory / WEIGHTS))
         except Exception as err:  # safetensors raises its own error types for corrupt files
             raise ConvirtError(f"{directory / WEIGHTS} cannot be read ({err}); the file is corrupt or truncated") from err
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensors of the wrong shape
+            raise ConvirtError(f"{directory / WEIGHTS} does not match its config: {str(err).splitlines()[-1].strip()}") from err
         if missing or unexpected:
             raise ConvirtError(f"{directory / WEIGHTS} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.meta = config.get("meta", {})
@@ -192,6 +231,9 @@ class DualEncoder(nn.Module):
     def export_image_encoder(self, path: str | Path) -> Path:
         """A plain timm state dict (safetensors) of f_v, loadable with
         ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), in_chans=1)``."""
+        if self.image_encoder.attn_pool is not None:  # a timm model would silently average-pool instead
+            raise ConvirtError("this image encoder pools with attention (image.pool: attention, method clip), which a plain "
+                               "timm state dict cannot hold: use the model folder (convirt.load, --model RUN_DIR) instead")
         path = Path(path)
         state = {k: v.detach().cpu().contiguous() for k, v in self.image_encoder.backbone.state_dict().items()}
         with atomic_path(path) as tmp:

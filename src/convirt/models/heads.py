@@ -12,6 +12,7 @@ component. The CPU demo, which trains both towers from scratch in minutes, needs
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -21,3 +22,17 @@ class ProjectionHead(nn.Sequential):
         layers = [nn.Linear(in_dim, hidden_dim)] + ([nn.BatchNorm1d(hidden_dim)] if batchnorm else [])
         super().__init__(*layers, nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
         self.in_dim, self.out_dim, self.hidden_dim = in_dim, out_dim, hidden_dim
+
+
+class PairClassifier(nn.Module):
+    """The Contrastive-Binary-Loss baseline's pair scorer (ConVIRT, Sec. 4): the two projections
+    concatenated, then ``Linear -> ReLU -> Linear`` to one logit (is this a true pair?)."""
+
+    def __init__(self, dim: int, hidden_dim: int | None = None) -> None:
+        super().__init__()
+        hidden_dim = hidden_dim or dim
+        self.mlp = nn.Sequential(nn.Linear(2 * dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, 1))
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """``(..., d), (..., d) -> (...)`` logits."""
+        return self.mlp(torch.cat([image_emb, text_emb], dim=-1)).squeeze(-1)

@@ -75,16 +75,34 @@ def load_pretrained_text(name_or_path: str):
     from transformers import AutoModel, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False)
+        # never run code that a model folder names (a prompt, or a refusal in batch jobs, otherwise)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+        model = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, trust_remote_code=False)
     except TypeError:  # encoders without a pooling layer argument
-        model = AutoModel.from_pretrained(name_or_path)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"text.model: cannot load {name_or_path!r} ({type(err).__name__}). Offline machines need a local "
-            f"folder (save_pretrained) or text.model: {SCRATCH} to train a tokenizer and start a BERT from a config."
-        ) from err
+        raise _unavailable(name_or_path, err) from err
     return model, tokenizer
+
+
+def check_text_model(name_or_path: str) -> None:
+    """Fail fast when ``text.model`` cannot be loaded here: reading its config is cheap, while
+    a missing model would otherwise surface only after the data checks."""
+    if name_or_path == SCRATCH:
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise _unavailable(name_or_path, err) from err
+
+
+def _unavailable(name_or_path: str, err: Exception) -> ConfigError:
+    return ConfigError(
+        f"text.model: cannot load {name_or_path!r} ({type(err).__name__}). Offline machines need a local "
+        f"folder (save_pretrained) or text.model: {SCRATCH} to train a tokenizer and start a BERT from a config."
+    )
 
 
 def masked_max(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

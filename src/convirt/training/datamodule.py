@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.accelerators import CUDAAccelerator
 import torch
 from torch.utils.data import DataLoader
 
 from convirt.config import PretrainConfig
 from convirt.data.check import check_manifest
+from convirt.data.images import load_image
 from convirt.data.manifest import read_manifest
 from convirt.data.pairs import FixedBatchSampler, PairCollator, PairDataset, StreamBatchSampler, pairs_from_manifest
 from convirt.data.reports import SentenceSampler
@@ -21,8 +27,11 @@ from convirt.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def load_split_pairs(cfg: PretrainConfig):
-    """(train pairs, val pairs, train texts, bad-row count) after validating the manifest(s)."""
+def load_split_pairs(cfg: PretrainConfig, require_text: bool = True):
+    """(train pairs, val pairs, train texts, bad-row count) after validating the manifest(s).
+
+    ``require_text=False`` (image-only methods) also accepts manifests without a ``text`` column.
+    """
     d = cfg.data
     if not d.train:
         raise DataError("data.train is not set: give a manifest (CSV/JSONL/Parquet) with image and text columns")
@@ -30,7 +39,10 @@ def load_split_pairs(cfg: PretrainConfig):
     out, skipped = {}, 0
     for path, split in sources:
         path = Path(path)
-        report = check_manifest(path, decode_images=d.check_images, allow_absolute=d.allow_absolute_paths, progress=cfg.trainer.progress_bar)
+        report = check_manifest(path, decode_images=d.check_images and not d.image_cache, allow_absolute=d.allow_absolute_paths, progress=cfg.trainer.progress_bar,
+                                require_text=require_text)
+        if not require_text:  # the reports are never read: an empty or broken one costs no row
+            report.bad = [b for b in report.bad if b.column != "text"]
         bad_rows = {b.row for b in report.bad if b.row is not None}
         if any(b.row is None for b in report.bad):
             raise DataError(f"{path}: " + "; ".join(b.reason for b in report.bad if b.row is None))
@@ -39,7 +51,8 @@ def load_split_pairs(cfg: PretrainConfig):
             raise DataError(f"{path} has {len(bad_rows)} bad row(s) ({first}{' ...' if len(report.bad) > 5 else ''}). "
                             "Fix them (see `convirt data check`) or set data.skip_bad_rows: true")
         if bad_rows:
-            log.warning("%s: skipping %d bad row(s)", path, len(bad_rows))
+            listed = "; ".join(f"row {b.row}, {b.column}: {b.reason}" for b in report.bad[:20])
+            log.warning("%s: skipping %d bad row(s): %s%s", path, len(bad_rows), listed, " ..." if len(report.bad) > 20 else "")
             skipped += len(bad_rows)
         df = read_manifest(path)
         good = [i for i in range(len(df)) if i + 1 not in bad_rows]
@@ -59,15 +72,53 @@ def load_split_pairs(cfg: PretrainConfig):
     return out["train"], out["val"], skipped
 
 
+_exiting = None  # set when the main process exits; see _worker_init
+
+
+def _exiting_event():
+    global _exiting
+    if _exiting is None:
+        _exiting = torch.multiprocessing.get_context().Event()
+        atexit.register(_exiting.set)  # runs before multiprocessing's own exit hook, which terminates workers
+    return _exiting
+
+
+def _worker_init(exiting, worker_id: int) -> None:
+    """Loader workers ignore SIGTERM until the main process exits. Schedulers signal the whole
+    process group, and a worker that died first would make the main process fail before it writes
+    its SIGTERM checkpoint; at exit, multiprocessing stops the workers with a SIGTERM of its own."""
+
+    def on_sigterm(signum, frame) -> None:
+        if exiting.is_set():
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning installs when no worker_init_fn is given
+        pl_worker_init_function(worker_id)
+
+
+def image_loader(cfg: PretrainConfig):
+    """Decode the files, or read ``data.image_cache`` (built by ``convirt data cache`` from ``data.train``)."""
+    if not cfg.data.image_cache:
+        return load_image
+    from convirt.data.cache import CachedImageLoader, ImageCache
+
+    return CachedImageLoader(ImageCache(cfg.data.image_cache), Path(cfg.data.train).parent)
+
+
 class PairDataModule(L.LightningDataModule):
-    def __init__(self, cfg: PretrainConfig, train_pairs, val_pairs, tokenizer) -> None:
+    """``tokenizer=None``: no text is read (image-only methods). ``views=2``: two augmented views per
+    image, in validation too (the same seeded draws at every validation, so its loss is comparable)."""
+
+    def __init__(self, cfg: PretrainConfig, train_pairs, val_pairs, tokenizer, views: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
         self.collate = PairCollator(tokenizer, cfg.text.max_length)
-        sampler = SentenceSampler(mode=cfg.text.sampling, sections=tuple(cfg.text.sections))
-        seed = cfg.trainer.seed
-        self.train_set = PairDataset(train_pairs, build_transforms(cfg, train=True), sampler, seed)
-        self.val_set = PairDataset(val_pairs, build_transforms(cfg, train=False), sampler, seed + 1)
+        sampler = None if tokenizer is None else SentenceSampler(mode=cfg.text.sampling, sections=tuple(cfg.text.sections))
+        seed, load = cfg.trainer.seed, image_loader(cfg)
+        self.train_set = PairDataset(train_pairs, build_transforms(cfg, train=True), sampler, seed, views=views, load=load)
+        self.val_set = PairDataset(val_pairs, build_transforms(cfg, train=views == 2), sampler, seed + 1, views=views,
+                                   load=load)
 
     def _loader(self, dataset, batch_sampler) -> DataLoader:
         workers = self.cfg.data.num_workers
@@ -76,7 +127,8 @@ class PairDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.cfg.trainer.seed)
         return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=self.collate, num_workers=workers, generator=generator,
                           pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
-                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                          worker_init_fn=functools.partial(_worker_init, _exiting_event()) if workers else None)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
