@@ -37,9 +37,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _MODE)  # mkstemp makes 0600 files; results are meant to be shared
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, _MODE)  # mkstemp makes 0600 files; results are meant to be shared
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
