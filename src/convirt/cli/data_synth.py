@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--strength", type=float, default=1.0,
                    help="visibility of the findings; 1 is the calibrated default, larger is easier (default 1.0)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
+    p.add_argument("--localized", nargs="+", metavar="FINDING", default=[],
+                   help="also write DIR/localized_<finding>.csv with mask (PNG) and boxes (JSON) columns for "
+                        "`convirt evaluate segment|detect`, e.g. --localized Pneumothorax Pneumonia")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -31,4 +34,9 @@ def run(args) -> int:
     manifest = generate(args.out, n=args.n, seed=args.seed, size=args.size, strength=args.strength,
                         workers=args.workers, progress=not args.no_progress)
     print(f"wrote {args.n} images and {manifest}")
+    if args.localized:
+        from convirt.data.synthetic import write_localized_manifest
+
+        for finding in args.localized:
+            print(f"wrote {write_localized_manifest(args.out, finding)}")
     return 0

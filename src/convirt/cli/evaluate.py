@@ -88,6 +88,10 @@ def register(subparsers) -> None:
     p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10])
     p.set_defaults(func=_report_retrieval)
 
+    from convirt.cli.report import register_report_gen  # report drafting by retrieval (convirt.reportgen)
+
+    register_report_gen(sub)
+
     p = sub.add_parser("suite", help="a paper-style table: several protocols x several models from one YAML file")
     p.add_argument("--config", type=Path, required=True, help="suite YAML (see docs/evaluation.md)")
     p.add_argument("--model", "--models", dest="models", nargs="+", metavar="SPEC", help=MODEL_HELP + " (overrides the file)")
@@ -95,6 +99,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_suite)
+    _register_localized(sub)  # segment / detect (convirt.evaluation.segmentation / detection)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
@@ -209,3 +214,48 @@ def _suite(args) -> int:
     print((args.out / "comparison.md").read_text())
     print(f"wrote {args.out / 'comparison.md'}, comparison.csv, comparison.json and one folder per protocol")
     return 0
+
+
+# ------------------------------------------------------------------------- localized tasks: segment, detect
+
+
+def _register_localized(sub) -> None:
+    """``segment`` (U-Net, Dice/IoU) and ``detect`` (Faster R-CNN, mAP) on the pretrained encoder."""
+    verbs = (("segment", "mask", "a U-Net with the encoder as its encoder: Dice and IoU at label fractions",
+              "mask column: PNG path (non-zero = foreground), SIIM run-length string, or blank (default: mask)"),
+             ("detect", "boxes", "Faster R-CNN with the encoder as its backbone: mAP@0.5 and mAP@[.5:.95] at label fractions",
+              "boxes column: JSON [[x, y, width, height(, class)], ...] in image pixels, RSNA layout (default: boxes)"))
+    for verb, kind, what, column_help in verbs:
+        p = sub.add_parser(verb, help=what)
+        _common(p)
+        p.add_argument("--target-column", default=kind, help=column_help)
+        p.add_argument("--freeze", action="store_true",
+                       help="keep the encoder frozen (eval mode, no gradient); default: fine-tune it with the rest")
+        p.add_argument("--overlays", type=int, default=8, help="test images drawn with ground truth and prediction (0: none)")
+        g = p.add_argument_group("training")
+        g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3 frozen, 3e-4 fine-tuning)")
+        g.add_argument("--weight-decay", type=float)
+        g.add_argument("--epochs", dest="max_epochs", type=int, help="maximum epochs (default 30)")
+        g.add_argument("--patience", type=int, help="early stopping: epochs without validation gain (default 5)")
+        g.add_argument("--min-epoch-steps", type=int, help="batches per epoch at least (default 20; small subsets repeat)")
+        g.add_argument("--augment", choices=["mild", "none"], help="training augmentations (default mild)")
+        g.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed (default 32-true)")
+        p.set_defaults(func=_localized, localized=verb, batch_size=16)
+
+
+def _localized(args) -> int:
+    from convirt.evaluation.encoders import load_encoders
+    from convirt.evaluation.localized import KINDS, default_config, load_localized
+
+    settings = _settings(args)
+    data = load_localized(args.data, KINDS[args.localized], args.target_column, args.labels, args.uncertain,
+                          args.allow_absolute_paths)
+    encoders = load_encoders(args.models, args.names, args.size, args.seed)
+    cfg = default_config(args.freeze, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                         max_epochs=args.max_epochs, patience=args.patience, min_epoch_steps=args.min_epoch_steps,
+                         augment=args.augment, precision=args.precision, num_workers=args.workers)
+    if args.localized == "segment":
+        from convirt.evaluation.segmentation import run_segmentation as run
+    else:
+        from convirt.evaluation.detection import run_detection as run
+    return _done(run(encoders, data, args.out, settings, cfg, args.freeze, args.overlays), args.out)

@@ -597,3 +597,67 @@ def generate(out_dir: str | Path, n: int, seed: int = 0, size: int = 128, streng
             "splits": {s: splits.count(s) for s, _ in SPLIT_FRACTIONS}, "patients": len(set(patients))}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return manifest
+
+
+# ------------------------------------------------------------------------------- localized targets
+
+
+def finding_masks(bits: np.ndarray) -> dict[str, np.ndarray]:
+    """A stored bit mask (``masks/*.png``) -> ``{finding: (H, W) bool}`` for the findings it holds."""
+    bits = np.asarray(bits)
+    return {name: (bits & MASK_BITS[name]) > 0 for name in LESIONS if (bits & MASK_BITS[name]).any()}
+
+
+def finding_boxes(mask: np.ndarray, merge_px: int = 2, min_pixels: int = 4) -> list[list[float]]:
+    """One ``[x, y, width, height]`` box (pixel edges, RSNA/COCO layout) per connected lesion of ``mask``.
+
+    Patchy lesions (pneumonia) fall apart into specks at the 0/1 threshold, so pixels within
+    ``merge_px`` of each other belong to one lesion (8-connected after dilation); each box spans the
+    lesion's own pixels. Components under ``min_pixels`` are dropped (anti-aliasing crumbs).
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    grown = ndimage.binary_dilation(mask, iterations=merge_px) if merge_px > 0 else mask
+    labels, n = ndimage.label(grown, structure=np.ones((3, 3), bool))
+    boxes = []
+    for k in range(1, n + 1):
+        ys, xs = np.nonzero(mask & (labels == k))
+        if len(ys) < min_pixels:
+            continue
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        boxes.append([float(x0), float(y0), float(x1 - x0), float(y1 - y0)])
+    return sorted(boxes)
+
+
+def write_localized_manifest(root: str | Path, finding: str, out: str | Path | None = None) -> Path:
+    """A segmentation + detection manifest for one finding of a generated set (images unchanged).
+
+    Columns as the real data sets' adapters write them, so the same evaluation code reads both:
+    ``mask`` is a 0/255 PNG of the finding (blank when absent), like SIIM-ACR's; ``boxes`` is JSON
+    ``[[x, y, width, height], ...]`` of its connected lesions in pixels, like RSNA Pneumonia's.
+    Written to ``out`` (default ``ROOT/localized_<finding>.csv``); masks go to ``ROOT/masks_<finding>/``.
+    """
+    import pandas as pd
+
+    if finding not in LESIONS:
+        raise ConfigError(f"unknown finding {finding!r}; choose one of {LESIONS}")
+    root = Path(root)
+    slug = finding.lower().replace(" ", "_")
+    df = pd.read_csv(root / "manifest.csv", dtype={"image": str, "text": str, "patient_id": str, "split": str})
+    (root / f"masks_{slug}").mkdir(exist_ok=True)
+    masks, boxes = [], []
+    for image in df["image"]:
+        name = Path(image).name
+        bits = np.asarray(Image.open(root / "masks" / name))
+        mask = (bits & MASK_BITS[finding]) > 0
+        if mask.any():
+            (root / f"masks_{slug}" / name).write_bytes(_png(mask.astype(np.uint8) * 255))
+            masks.append(f"masks_{slug}/{name}")
+        else:
+            masks.append("")
+        boxes.append(json.dumps(finding_boxes(mask)))
+    df["mask"], df["boxes"] = masks, boxes
+    out = Path(out) if out else root / f"localized_{slug}.csv"
+    df.to_csv(out, index=False)
+    return out

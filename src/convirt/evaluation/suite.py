@@ -31,6 +31,7 @@ import yaml
 from convirt.atomic import atomic_write_text
 from convirt.config import from_dict
 from convirt.errors import ConfigError
+from convirt.evaluation.localized import LOCALIZED
 
 
 @dataclass
@@ -71,6 +72,8 @@ class ProtocolConfig:
     ensemble: str = "mean"
     corpus: str | None = None
     agreement: str = "exact"
+    target_column: str | None = None  # segment / detect: the mask / boxes column
+    batch_size: int | None = None  # segment / detect (default 16)
 
 
 USES = {  # which ProtocolConfig keys each protocol accepts (beyond data/labels/task/uncertain)
@@ -80,6 +83,8 @@ USES = {  # which ProtocolConfig keys each protocol accepts (beyond data/labels/
     "retrieval": {"per_category", "queries_per_category", "image_root", "image_queries", "text_queries", "ks", "seeds"},
     "zeroshot": {"prompts", "n_prompts", "ensemble", "seeds"},
     "report-retrieval": {"corpus", "agreement", "ks"},
+    **{name: {"fractions", "seeds", "subsets", "lr", "epochs", "patience", "augment", "precision", "target_column",
+              "batch_size"} for name in LOCALIZED},  # convirt.evaluation.localized
 }
 COMMON = {"data", "labels", "task", "uncertain"}
 
@@ -154,6 +159,11 @@ def run_suite(config: str | Path, out: str | Path, models: list[str] | None = No
         data_path = _resolve(base, p.data or cfg.data)
         if data_path is None:
             raise ConfigError(f"protocol {name}: no data (set 'data:' at the top or in the protocol)")
+        if name in LOCALIZED:  # segmentation / detection: their own manifest columns (masks, boxes)
+            from convirt.evaluation.localized import run_suite_protocol
+
+            docs[name] = run_suite_protocol(name, p, cfg, s, encoders, data_path, out / name, cache, base, progress)
+            continue
         classification = name in ("linear", "linear-trained", "finetune")
         image_root = _resolve(base, p.image_root)
         data = load_labelled(data_path, p.labels or cfg.labels, p.task, p.uncertain, cfg.allow_absolute_paths,
@@ -208,7 +218,11 @@ def comparison_table(docs: dict, models: list[str]) -> pd.DataFrame:
     for name, doc in docs.items():
         for model, r in doc["models"].items():
             row = rows.setdefault(model, {})
-            if "summary" in r:
+            if name in LOCALIZED:
+                from convirt.evaluation.localized import comparison_columns
+
+                row.update(comparison_columns(name, r))
+            elif "summary" in r:
                 for key, v in r["summary"].items():
                     row[f"{name} AUROC @{_pct(float(key))}"] = v["macro_auroc"]["mean"]
                     row[f"{name} AUROC @{_pct(float(key))} std"] = v["macro_auroc"]["std"]
