@@ -80,3 +80,19 @@ def tiny_dual_encoder(folder: Path, size: int = 32) -> Path:
     model = DualEncoder.build(ImageConfig(model="resnet18", pretrained=False, size=size), text, ProjectionConfig(dim=8),
                               corpus=corpus)
     return model.save(folder)
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def crash_after(at: int):
+    """A Lightning callback simulating a node that dies right after step ``at`` (its checkpoint written)."""
+    import lightning as L
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == at:
+                raise SimulatedCrash(f"node died after step {at}")
+
+    return Crash()

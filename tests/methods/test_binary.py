@@ -2,7 +2,6 @@
 
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +11,7 @@ from convirt.config import load_config
 from convirt.errors import ConfigError
 from convirt.losses.binary import binary_matching_loss, cyclic_negatives, shifted_negatives
 from convirt.training.run import pretrain
-from tests.helpers import tiny_overrides, write_pair_manifest
+from tests.helpers import SimulatedCrash, crash_after, tiny_overrides, write_pair_manifest
 from tests.methods.tiny import TEXTS, tiny_batch, tiny_method, train_losses
 
 
@@ -84,21 +83,6 @@ def test_negatives_must_leave_room_in_the_batch():
         load_config(overrides=["method=binary", "binary.negatives=0"])
 
 
-class SimulatedCrash(RuntimeError):
-    pass
-
-
-class Crash(L.Callback):
-    """A node dying right after step ``at`` (its checkpoint already written)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.at:
-            raise SimulatedCrash(f"node died after step {self.at}")
-
-
 def test_binary_run_resumes_to_the_same_weights(tmp_path):
     """The negatives are random: resuming must replay the same draws (the checkpoint keeps the RNG)."""
     manifest = write_pair_manifest(tmp_path / "data", n_train=8, n_valid=4)
@@ -108,7 +92,7 @@ def test_binary_run_resumes_to_the_same_weights(tmp_path):
 
     assert pretrain(cfg("full"))["global_step"] == 4
     with pytest.raises(SimulatedCrash):
-        pretrain(cfg("resumed"), callbacks=[Crash(at=3)])
+        pretrain(cfg("resumed"), callbacks=[crash_after(3)])
     (tmp_path / "resumed" / "checkpoints" / "step=3.ckpt").unlink(missing_ok=True)
     assert pretrain(cfg("resumed"), resume=True)["resumed_from"].endswith("step=2.ckpt")
     a, b = (load_file(str(tmp_path / name / "model" / "model.safetensors")) for name in ("full", "resumed"))

@@ -14,9 +14,9 @@ from convirt.losses.ssl import queue_info_nce
 from convirt.methods.mocov2 import MoCoV2
 from convirt.training.checkpoint import load_checkpoint_file
 from convirt.training.run import pretrain
-from tests.helpers import tiny_overrides, write_pair_manifest
+from tests.helpers import SimulatedCrash, crash_after, tiny_overrides, write_pair_manifest
 from tests.methods.test_simclr import LEARNABLE, write_gray_levels
-from tests.training.test_pretrain import Crash, SimulatedCrash, weights
+from tests.training.test_pretrain import weights
 
 
 def tiny_moco(queue: int = 5, momentum: float = 0.9) -> MoCoV2:
@@ -137,7 +137,7 @@ def test_resume_restores_weights_key_encoder_and_queue_exactly(tmp_path):
     pretrain(config("full"))
     interrupted = config("resumed")
     with pytest.raises(SimulatedCrash):
-        pretrain(interrupted, callbacks=[Crash(at=4)])  # the queue has wrapped by the step-3 checkpoint
+        pretrain(interrupted, callbacks=[crash_after(4)])  # the queue has wrapped by the step-3 checkpoint
     (tmp_path / "resumed" / "checkpoints" / "step=4.ckpt").unlink(missing_ok=True)
     resumed = pretrain(interrupted, resume=True)
     assert resumed["global_step"] == 6 and resumed["resumed_from"].endswith("step=3.ckpt")

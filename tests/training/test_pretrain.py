@@ -2,7 +2,6 @@
 
 import json
 
-import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,22 +10,7 @@ import convirt
 from convirt.config import load_config
 from convirt.errors import ConvirtError, DataError
 from convirt.training.run import pretrain
-from tests.helpers import tiny_overrides, write_pair_manifest
-
-
-class SimulatedCrash(RuntimeError):
-    pass
-
-
-class Crash(L.Callback):
-    """Simulates a node dying right after step ``at`` (after its checkpoint was written)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.at:
-            raise SimulatedCrash(f"node died after step {self.at}")
+from tests.helpers import SimulatedCrash, crash_after, tiny_overrides, write_pair_manifest
 
 
 def weights(run_dir):
@@ -41,7 +25,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
 
     interrupted = load_config(overrides=tiny_overrides(manifest, tmp_path / "resumed", steps))
     with pytest.raises(SimulatedCrash):
-        pretrain(interrupted, callbacks=[Crash(at=3)])  # checkpoints exist at step 2 only
+        pretrain(interrupted, callbacks=[crash_after(3)])  # checkpoints exist at step 2 only
     ckpts = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("*.ckpt"))
     assert "step=2.ckpt" in ckpts
     (tmp_path / "resumed" / "checkpoints" / "step=3.ckpt").unlink(missing_ok=True)  # lost with the node
