@@ -167,6 +167,31 @@ class CaptionConfig:
 
 
 @dataclass
+class GloriaConfig:
+    """``method: gloria`` (Huang et al., ICCV 2021): the local word-region objective on top of the
+    global one. Defaults are GLoRIA's released configuration: ``local_loss_weight`` and
+    ``global_loss_weight`` 1.0, tau1 = 4 (attention), tau2 = 5 (word aggregation), tau3 = 10 (report
+    logits), image sub-regions from ResNet ``layer3`` (``stage: -2``, the second-to-last feature stage)
+    and word vectors summed over the text tower's last 4 layers. Saved with the model (``local`` in
+    its config.json) so that attention maps and local similarities can be computed from it."""
+
+    local_weight: float = 1.0
+    global_weight: float = 1.0
+    attention_scale: float = 4.0  # tau1
+    word_scale: float = 5.0  # tau2
+    report_scale: float = 10.0  # tau3
+    stage: int = -2  # feature stage of the image backbone giving the sub-regions (ResNet: layer3)
+    word_layers: int = 4  # word vectors: sum of the text tower's last N layers
+
+    def validate(self) -> None:
+        _check(self.local_weight >= 0, "gloria.local_weight", "must be >= 0 (paper: 1.0)", self.local_weight)
+        _check(self.global_weight >= 0, "gloria.global_weight", "must be >= 0 (paper: 1.0)", self.global_weight)
+        for name in ("attention_scale", "word_scale", "report_scale"):
+            _check(getattr(self, name) > 0, f"gloria.{name}", "must be > 0 (paper: 4, 5, 10)", getattr(self, name))
+        _check(self.word_layers >= 1, "gloria.word_layers", "must be >= 1 (paper: 4)", self.word_layers)
+
+
+@dataclass
 class AugmentConfig:
     """The image transformation family T of the paper (Sec. 3 / Appendix), in its order."""
 
@@ -270,6 +295,7 @@ class PretrainConfig:
     ssl: SSLConfig = field(default_factory=SSLConfig)
     binary: BinaryConfig = field(default_factory=BinaryConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
+    gloria: GloriaConfig = field(default_factory=GloriaConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -374,6 +400,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # ConVIRT's captioning baselines decode the paired report, not one sentence of it
     "caption-lstm": {"text": {"sampling": "report"}},
     "caption-transformer": {"text": {"sampling": "report"}},
+    # GLoRIA (Huang et al., 2021): words attend over the whole report; symmetric global loss
+    "gloria": {"text": {"sampling": "report"}, "loss": {"image_weight": 0.5}},
 }
 
 

@@ -17,7 +17,8 @@ TEXTS = SENTENCES + ["Both lungs are hyperinflated.", "A catheter tip projects o
 def tiny_method(method: str, extra: tuple[str, ...] = (), seed: int = 0):
     cfg = load_config(overrides=tiny_overrides(Path("unused.csv"), Path("unused")) + [f"method={method}"] + list(extra))
     torch.manual_seed(seed)
-    model = DualEncoder.build(cfg.image, cfg.text, cfg.projection, corpus=TEXTS * 4)
+    local_cfg = cfg.gloria if METHODS[method].local_features else None
+    model = DualEncoder.build(cfg.image, cfg.text, cfg.projection, corpus=TEXTS * 4, local_cfg=local_cfg)
     return METHODS[method](cfg, model)
 
 

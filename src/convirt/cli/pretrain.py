@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="run folder (= --set trainer.out_dir=...)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (= --set trainer.max_steps=...)")
     p.add_argument("--method", help="pretraining method (= --set method=...): convirt (default), clip, binary, "
-                   "caption-lstm, caption-transformer, simclr, mocov2; see docs/guide.md, 'Baseline methods'")
+                   "caption-lstm, caption-transformer, simclr, mocov2, gloria; see docs/guide.md, 'Baseline methods'")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in the run folder")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.set_defaults(func=run)

@@ -19,10 +19,11 @@ class NonFiniteLossError(ConvirtError):
 
 class PretrainMethod(L.LightningModule):
     # what the run builds for a method: reports tokenised (else no text tower, no text read),
-    # augmented views per image, and batch norm synchronised across GPUs (SimCLR's global BN)
+    # augmented views per image, batch norm synchronised across GPUs (SimCLR's global BN), local features
     needs_text = True
     views = 1
     global_batchnorm = False
+    local_features = False  # GLoRIA: the model gets word-region features (DualEncoder.local_cfg)
 
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__()

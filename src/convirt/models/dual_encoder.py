@@ -19,10 +19,11 @@ from torch import nn
 
 from convirt import __version__
 from convirt.atomic import atomic_path, atomic_write_text
-from convirt.config import ImageConfig, ProjectionConfig, TextConfig, from_dict
+from convirt.config import GloriaConfig, ImageConfig, ProjectionConfig, TextConfig, from_dict
 from convirt.errors import ConvirtError
 from convirt.models.heads import ProjectionHead
 from convirt.models.image import ImageEncoder
+from convirt.models.local import LocalImageHead, WordMerger
 from convirt.models.text import SCRATCH, TextEncoder, load_pretrained_text, scratch_bert, train_wordpiece_tokenizer
 
 FORMAT = "convirt-dual-encoder"
@@ -35,10 +36,13 @@ class DualEncoder(nn.Module):
 
     Image-only methods (SimCLR, MoCo v2) leave the text side out (``text_encoder=None``): the same
     folder format, loader and evaluation code then serve them, without a text model to download.
+    GLoRIA models add local features (``local_cfg``): a 1x1 projection of an intermediate image stage
+    to the word-vector width, and the word-piece merger (:mod:`convirt.models.local`).
     """
 
     def __init__(self, image_cfg: ImageConfig, text_cfg: TextConfig | None, projection_cfg: ProjectionConfig,
-                 image_encoder: ImageEncoder, text_encoder: TextEncoder | None, tokenizer) -> None:
+                 image_encoder: ImageEncoder, text_encoder: TextEncoder | None, tokenizer,
+                 local_cfg: GloriaConfig | None = None) -> None:
         super().__init__()
         self.image_cfg, self.text_cfg, self.projection_cfg = image_cfg, text_cfg, projection_cfg
         self.image_encoder, self.text_encoder, self.tokenizer = image_encoder, text_encoder, tokenizer
@@ -46,11 +50,22 @@ class DualEncoder(nn.Module):
                                          projection_cfg.batchnorm)
         self.text_head = None if text_encoder is None else ProjectionHead(
             text_encoder.num_features, projection_cfg.dim, projection_cfg.hidden_dim, projection_cfg.batchnorm)
+        self.local_cfg = local_cfg
+        self.local_head = self.word_merger = None
+        if local_cfg is not None:
+            if text_encoder is None:
+                raise ConvirtError("local (GLoRIA) features need a text encoder")
+            self.local_head = LocalImageHead(image_encoder.stage_channels(local_cfg.stage), text_encoder.num_features)
+            self.word_merger = WordMerger(tokenizer)
         self.meta: dict[str, Any] = {}
 
     @property
     def has_text(self) -> bool:
         return self.text_encoder is not None
+
+    @property
+    def has_local(self) -> bool:
+        return self.local_head is not None
 
     def _require_text(self) -> None:
         if self.text_encoder is None:
@@ -60,7 +75,7 @@ class DualEncoder(nn.Module):
     # ---------------------------------------------------------------- construction
     @classmethod
     def build(cls, image_cfg: ImageConfig, text_cfg: TextConfig, projection_cfg: ProjectionConfig,
-              corpus: Sequence[str] | None = None, tokenizer=None) -> "DualEncoder":
+              corpus: Sequence[str] | None = None, tokenizer=None, local_cfg: GloriaConfig | None = None) -> "DualEncoder":
         """New towers from configuration. ``text.model: scratch`` learns a tokenizer on ``corpus``
         unless one is given (a resumed run reuses the tokenizer it learned)."""
         image = ImageEncoder.from_config(image_cfg)
@@ -74,7 +89,7 @@ class DualEncoder(nn.Module):
         else:
             hf_model, tokenizer = load_pretrained_text(text_cfg.model)
         text = TextEncoder(hf_model, text_cfg.pooling, text_cfg.freeze_layers, text_cfg.freeze_embeddings)
-        return cls(image_cfg, text_cfg, projection_cfg, image, text, tokenizer)
+        return cls(image_cfg, text_cfg, projection_cfg, image, text, tokenizer, local_cfg)
 
     @classmethod
     def build_image_only(cls, image_cfg: ImageConfig, projection_cfg: ProjectionConfig) -> "DualEncoder":
@@ -94,6 +109,25 @@ class DualEncoder(nn.Module):
     def text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         self._require_text()
         return self.text_head(self.text_encoder(input_ids, attention_mask))
+
+    def local_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image encoder features h_v ``(B, C)``, projected sub-region features ``(B, D, h, w)``)."""
+        self._require_local()
+        h, feature_map = self.image_encoder.forward_with_stage(images, self.local_cfg.stage)
+        return h, self.local_head(feature_map)
+
+    def word_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(text encoder features h_u ``(B, H)``, word vectors ``(B, W, H)``, word mask ``(B, W)``)."""
+        self._require_local()
+        h, tokens = self.text_encoder.forward_layers(input_ids, attention_mask, self.local_cfg.word_layers)
+        words, mask = self.word_merger(tokens, input_ids, attention_mask)
+        return h, words, mask
+
+    def _require_local(self) -> None:
+        if self.local_head is None:
+            method = self.meta.get("method", "this method")
+            raise ConvirtError(f"this model has no local (word-region) features: trained with {method}, not gloria")
 
     # ---------------------------------------------------------------- inference API
     @property
@@ -174,6 +208,7 @@ class DualEncoder(nn.Module):
             "image": dataclasses.asdict(self.image_cfg),
             "text": dataclasses.asdict(self.text_cfg) if self.has_text else None,  # None: an image-only model
             "projection": dataclasses.asdict(self.projection_cfg),
+            "local": dataclasses.asdict(self.local_cfg) if self.local_cfg is not None else None,
             "text_model_config": self.text_encoder.model.config.to_dict() if self.has_text else None, "meta": self.meta,
         }
         atomic_write_text(directory / CONFIG, json.dumps(config, indent=2))
@@ -210,7 +245,8 @@ class DualEncoder(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(str(directory / TOKENIZER), trust_remote_code=False)
         except (OSError, ValueError) as err:
             raise ConvirtError(f"{directory / TOKENIZER} cannot be loaded as a tokenizer: {str(err).splitlines()[0]}") from err
-        model = cls(image_cfg, text_cfg, projection_cfg, image, text, tokenizer)
+        local_cfg = from_dict(GloriaConfig, config["local"]) if config.get("local") else None
+        model = cls(image_cfg, text_cfg, projection_cfg, image, text, tokenizer, local_cfg)
         return cls._load_weights(model, directory, config, device)
 
     @staticmethod

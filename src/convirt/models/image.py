@@ -159,5 +159,25 @@ class ImageEncoder(nn.Module):
             return self.attn_pool(tokens), local
         return self.backbone.forward_head(local, pre_logits=True), local
 
+    def stage_index(self, stage: int) -> int:
+        """A feature stage by position in timm's ``feature_info`` (negative counts from the end)."""
+        n = len(self.backbone.feature_info)
+        if not -n <= stage < n:
+            raise ConfigError(f"{self.name} has {n} feature stages; stage {stage} does not exist (use -{n}..{n - 1})")
+        return stage % n
+
+    def stage_channels(self, stage: int) -> int:
+        return int(self.backbone.feature_info[self.stage_index(stage)]["num_chs"])
+
+    def forward_with_stage(self, images: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global ``(B, C)``, the feature map of ``stage`` ``(B, C_s, h, w)``) in one pass (GLoRIA's
+        sub-region features come from an intermediate stage: ResNet ``layer3``)."""
+        final, (feature_map,) = self.backbone.forward_intermediates(
+            self._prepare(images), indices=[self.stage_index(stage)], intermediates_only=False)
+        if self.attn_pool is not None:
+            tokens = final if final.ndim == 4 else final[:, getattr(self.backbone, "num_prefix_tokens", 0):]
+            return self.attn_pool(tokens), feature_map
+        return self.backbone.forward_head(final, pre_logits=True), feature_map
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_features(images)[0]

@@ -157,5 +157,12 @@ class TextEncoder(nn.Module):
         tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return POOLINGS[self.pooling](tokens, attention_mask), tokens, attention_mask
 
+    def forward_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_n: int):
+        """(global vector, token vectors summed over the last ``last_n`` layers) in one pass
+        (GLoRIA's word features: the sum of BERT's last four layers)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        layers = out.hidden_states[-last_n:]
+        return POOLINGS[self.pooling](out.last_hidden_state, attention_mask), torch.stack(layers).sum(dim=0)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.forward_features(input_ids, attention_mask)[0]

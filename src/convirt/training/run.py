@@ -40,16 +40,18 @@ from convirt.training.datamodule import PairDataModule, load_split_pairs
 log = logging.getLogger(__name__)
 
 
-def _build_model(cfg: PretrainConfig, train_pairs, out: Path) -> DualEncoder:
-    """Build the towers; a scratch tokenizer is learned once and reused on resume."""
+def _build_model(cfg: PretrainConfig, train_pairs, out: Path, local: bool = False) -> DualEncoder:
+    """Build the towers (with GLoRIA's local features if ``local``); a scratch tokenizer is learned
+    once and reused on resume."""
     from transformers import AutoTokenizer
 
     tok_dir = out / "tokenizer"
+    local_cfg = cfg.gloria if local else None
     if cfg.text.model == "scratch" and tok_dir.is_dir():
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=False)
-        return DualEncoder.build(cfg.image, cfg.text, cfg.projection, tokenizer=tokenizer)
+        return DualEncoder.build(cfg.image, cfg.text, cfg.projection, tokenizer=tokenizer, local_cfg=local_cfg)
     corpus = [p.text for p in train_pairs] if cfg.text.model == "scratch" else None
-    model = DualEncoder.build(cfg.image, cfg.text, cfg.projection, corpus=corpus)
+    model = DualEncoder.build(cfg.image, cfg.text, cfg.projection, corpus=corpus, local_cfg=local_cfg)
     if not tok_dir.is_dir():  # written whole or not at all: a kill mid-write must not leave half a tokenizer
         tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out))
         try:
@@ -103,7 +105,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: list | None =
 
         L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
         train_pairs, val_pairs, skipped_rows = load_split_pairs(cfg, require_text=method_cls.needs_text)
-        model = _build_model(cfg, train_pairs, out) if method_cls.needs_text else method_cls.build_model(cfg)
+        model = (_build_model(cfg, train_pairs, out, method_cls.local_features) if method_cls.needs_text
+                 else method_cls.build_model(cfg))
         method = method_cls(cfg, model)
         data = PairDataModule(cfg, train_pairs, val_pairs, model.tokenizer, views=method_cls.views)
 
