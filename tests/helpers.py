@@ -66,19 +66,21 @@ def write_labelled_manifest(root: Path, n: dict | None = None, size: int = 32, s
     return path
 
 
-def tiny_dual_encoder(folder: Path, size: int = 32) -> Path:
-    """A saved convirt model small enough to build in a second (random weights, scratch text tower)."""
+def tiny_dual_encoder(folder: Path, size: int = 32, local: bool = False, corpus: list[str] | None = None) -> Path:
+    """A saved convirt model small enough to build in a second (random weights, scratch text tower);
+    ``local``: with GLoRIA's local branch."""
     import torch
 
-    from convirt.config import ImageConfig, ProjectionConfig, ScratchTextConfig, TextConfig
+    from convirt.config import GloriaConfig, ImageConfig, ProjectionConfig, ScratchTextConfig, TextConfig
     from convirt.models.dual_encoder import DualEncoder
 
     torch.manual_seed(0)
     text = TextConfig(model="scratch", freeze_layers=0, max_length=16,
                       scratch=ScratchTextConfig(vocab_size=80, hidden=32, layers=1, heads=2))
-    corpus = ["The lungs look bright.", "The lungs look dark. No effusion.", "lungs light dark mid"] * 10
+    corpus = corpus or ["The lungs look bright.", "The lungs look dark. No effusion.", "lungs light dark mid"] * 10
     model = DualEncoder.build(ImageConfig(model="resnet18", pretrained=False, size=size), text, ProjectionConfig(dim=8),
-                              corpus=corpus)
+                              corpus=corpus, local_cfg=GloriaConfig() if local else None)
+    model.meta = {"method": "gloria" if local else "convirt"}
     return model.save(folder)
 
 

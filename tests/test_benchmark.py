@@ -18,15 +18,19 @@ TINY = ["image.size=32", "text.model=scratch", "text.freeze_layers=0", "text.max
 def test_tiny_benchmark_writes_the_table_and_reuses_finished_runs(tmp_path):
     manifest = write_labelled_manifest(tmp_path / "d", {"train": 24, "valid": 8, "test": 16})
     size = BenchSize(0, 4, 8, 1.0, (0.5, 1.0), (0, 1))
-    doc = run_benchmark(["random", "convirt"], tmp_path / "out", str(manifest), size, labels=["bright"],
+    doc = run_benchmark(["random", "convirt", "gloria"], tmp_path / "out", str(manifest), size, labels=["bright"],
                         progress=False, overrides=TINY)
     table = pd.read_csv(tmp_path / "out" / "benchmark.csv", index_col="method")
-    assert list(table.index) == ["random", "convirt"]
+    assert list(table.index) == ["random", "convirt", "gloria"]
+    reports = json.loads((tmp_path / "out" / "report_retrieval" / "results.json").read_text())["models"]
+    assert reports["gloria"]["similarity"] == "both" and reports["convirt"]["similarity"] == "global"
+    assert table.loc["gloria", "image→report P@10"] == pytest.approx(reports["gloria"]["P@10"])
+    assert pd.isna(table.loc["random", "image→report P@10"])
     linear = json.loads((tmp_path / "out" / "linear" / "results.json").read_text())
     assert table.loc["convirt", "AUROC @50%"] == pytest.approx(linear["models"]["convirt"]["summary"]["0.5"]["macro_auroc"]["mean"])
     assert doc["pretrain"]["convirt"]["global_step"] == 4
     assert {c["claim"]: c["holds"] for c in doc["claims"]}["linear AUROC at 0.5: convirt > simclr"] is None
-    again = run_benchmark(["random", "convirt"], tmp_path / "out", str(manifest), size, labels=["bright"],
+    again = run_benchmark(["random", "convirt", "gloria"], tmp_path / "out", str(manifest), size, labels=["bright"],
                           progress=False, overrides=TINY)
     assert again["pretrain"]["convirt"]["reused"] is True
 
@@ -36,13 +40,17 @@ def test_claims_are_judged_on_the_numbers():
     doc = {"spec": {"fractions": [0.01, 0.1, 1.0]},
            "linear": {"convirt": {"0.01": stat(0.7), "0.1": stat(0.8)}, "simclr": {"0.01": stat(0.6)},
                       "random": {"0.01": stat(0.65), "1.0": stat(0.85)}},
-           "text_to_image": {"convirt": {"P@10": 0.3}, "binary": {"P@10": 0.25}}}
+           "text_to_image": {"convirt": {"P@10": 0.3}, "binary": {"P@10": 0.25}},
+           "localisation": {"gloria": {"mass_inside": 0.3}, "untrained gloria": {"mass_inside": 0.15}},
+           "zeroshot": {"gloria": {"macro_auroc": 0.7}, "convirt": {"macro_auroc": 0.75}}}
     claims = {c["claim"]: c["holds"] for c in check_claims(doc)}
     assert claims["linear AUROC at 0.01: convirt > simclr"] is True
     assert claims["linear AUROC at 0.01: simclr > random"] is False
     assert claims["linear AUROC at 0.01: convirt > mocov2"] is None
     assert claims["convirt at 0.1 of the labels >= random at 1"] is False
     assert claims["text->image P@10: convirt far above binary (>= 1.5x)"] is False
+    assert claims["localisation: gloria's attention mass inside the finding >= 1.5x an untrained encoder's"] is True
+    assert claims["zero-shot macro AUROC: gloria > convirt"] is False
 
 
 def test_unknown_methods_are_refused():

@@ -9,7 +9,11 @@ captioning and contrastive-binary baselines, and image-only SimCLR / MoCo v2. He
   the same data stream, not the same FLOPs (SimCLR's two views cost it more per step);
 * is scored by the same evaluation code on the same pinned subsets: linear probes at label
   fractions (:func:`convirt.evaluation.protocols.run_linear`) and, for methods whose text tower is
-  trained into the joint space, text→image Precision@K with negation-aware queries.
+  trained into the joint space, text→image Precision@K with negation-aware queries, zero-shot
+  classification from one prompt per finding, image→report retrieval (Precision@10 by exact label
+  agreement) and, on the synthetic data, the localisation check (does the finding's word point
+  inside the finding's mask? :mod:`convirt.evaluation.localisation`), with an untrained copy of the
+  first joint model as the random reference. GLoRIA models use their global + local similarity.
 
 Runs are kept in ``OUT/runs/METHOD`` and resumed (``--resume``) when the benchmark is started
 again, so an interrupted benchmark loses at most one checkpoint interval. The claims of the issue
@@ -29,6 +33,7 @@ from convirt.atomic import atomic_write_text
 from convirt.errors import ConfigError
 
 BASELINE_SPECS = {"random": "random:{model}", "imagenet": "imagenet:{model}"}
+JOINT_COLUMNS = ("text→image P@10", "zero-shot AUROC", "image→report P@10", "loc. mass inside", "pointing game")
 # methods whose text tower is trained into the joint space (text->image retrieval is meaningful)
 JOINT_SPACE = ("convirt", "clip", "binary", "gloria")
 
@@ -140,12 +145,40 @@ def run_benchmark(methods: list[str], out: str | Path, data: str = "synth", size
            "pretrain": summaries, "pretrain_seconds": timings, "linear": _linear_table(linear),
            "text_to_image": {n: m["text_to_image"]["mean"] for n, m in (retrieval or {"models": {}})["models"].items()
                              if m.get("text_to_image")}}
+    doc.update(_joint_space(joint, test_only, out, settings, manifest if data == "synth" else None, seed, progress))
     doc["claims"] = check_claims(doc)
     atomic_write_text(out / "benchmark.json", json.dumps(doc, indent=1, default=float))
     table = _table(doc)
     atomic_write_text(out / "benchmark.csv", table.to_csv(index_label="method"))
     atomic_write_text(out / "benchmark.md", render(doc, table))
     return doc
+
+
+def _joint_space(joint: list, data, out: Path, settings, synth_manifest: Path | None, seed: int, progress: bool) -> dict:
+    """Zero-shot classification, image→report retrieval and (synthetic data) localisation of the joint-space methods."""
+    from convirt.demo import QUERIES
+    from convirt.evaluation.localisation import run_localisation, untrained_copy
+    from convirt.evaluation.shared_space import run_report_retrieval, run_zeroshot
+
+    found = {"zeroshot": {}, "report_retrieval": {}, "localisation": {}}
+    if not joint:
+        return found
+    prompts = {c: [QUERIES[c]] for c in data.label_names if c in QUERIES}
+    if len(prompts) == len(data.label_names):
+        z = run_zeroshot(joint, data, out / "zeroshot", settings, prompts, "mean", "convirt.demo.QUERIES")
+        found["zeroshot"] = {n: {"macro_auroc": m.get("macro_auroc"), "similarity": m["similarity"]}
+                             for n, m in z["models"].items()}
+    r = run_report_retrieval(joint, data, out / "report_retrieval", settings, ks=(1, 10))
+    found["report_retrieval"] = {n: {"R@10": m.get("R@10"), "P@10": m.get("P@10"), "similarity": m["similarity"]}
+                                 for n, m in r["models"].items()}
+    if synth_manifest is not None:
+        models = {e.name: e.dual for e in joint}
+        first = next(iter(models))
+        models[f"untrained {first}"] = untrained_copy(models[first], seed)
+        loc = run_localisation(models, synth_manifest.parent, out / "localisation", progress=progress)
+        found["localisation"] = {n: {"mass_inside": m["mass_inside"], "pointing": m["pointing"], "method": m["method"]}
+                                 for n, m in loc["models"].items()}
+    return found
 
 
 def _linear_table(linear: dict) -> dict:
@@ -179,6 +212,17 @@ def check_claims(doc: dict) -> list[dict]:
         a, b = t2i["convirt"]["P@10"], t2i["binary"]["P@10"]
         claims.append({"claim": "text->image P@10: convirt far above binary (>= 1.5x)", "holds": a >= 1.5 * b,
                        "left": a, "right": b})
+    loc = doc.get("localisation", {})
+    if "gloria" in loc and loc.get("untrained gloria", {}).get("mass_inside") is not None:
+        a, b = loc["gloria"]["mass_inside"], loc["untrained gloria"]["mass_inside"]
+        claims.append({"claim": "localisation: gloria's attention mass inside the finding >= 1.5x an untrained encoder's",
+                       "holds": a >= 1.5 * b, "left": a, "right": b})
+    for key, metric, label in (("zeroshot", "macro_auroc", "zero-shot macro AUROC"),
+                               ("report_retrieval", "P@10", "image->report P@10")):
+        part = doc.get(key, {})
+        if "gloria" in part and "convirt" in part and None not in (part["gloria"][metric], part["convirt"][metric]):
+            a, b = part["gloria"][metric], part["convirt"][metric]
+            claims.append({"claim": f"{label}: gloria > convirt", "holds": a > b, "left": a, "right": b})
     return claims
 
 
@@ -191,8 +235,15 @@ def _table(doc: dict) -> pd.DataFrame:
             row[f"AUROC @{100 * f:g}%"] = None if stat is None else stat["mean"]
             row[f"AUROC @{100 * f:g}% std"] = None if stat is None else stat["std"]
         row["text→image P@10"] = doc["text_to_image"].get(method, {}).get("P@10")
+        row["zero-shot AUROC"] = doc.get("zeroshot", {}).get(method, {}).get("macro_auroc")
+        row["image→report P@10"] = doc.get("report_retrieval", {}).get(method, {}).get("P@10")
+        row["loc. mass inside"] = doc.get("localisation", {}).get(method, {}).get("mass_inside")
+        row["pointing game"] = doc.get("localisation", {}).get(method, {}).get("pointing")
         row["pretrain s"] = doc["pretrain_seconds"].get(method)
         rows[method] = row
+    for name, m in doc.get("localisation", {}).items():  # the references: untrained copy, uniform map
+        if name not in rows:
+            rows[name] = {"loc. mass inside": m["mass_inside"], "pointing game": m["pointing"]}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -202,19 +253,26 @@ def render(doc: dict, table: pd.DataFrame) -> str:
              f"Size `{doc['size']}`: {doc['spec']['n_images']} synthetic radiographs, {doc['spec']['max_steps']} steps of "
              f"batch {doc['spec']['batch_size']} per method; linear-probe test macro AUROC (mean ± std over seeds "
              f"{list(doc['spec']['seeds'])}), text→image P@10 with negation-aware queries.", "",
-             "| method | " + " | ".join(fr) + " | text→image P@10 | pretrain s |", "|---|" + "---|" * (len(fr) + 2)]
+             "| method | " + " | ".join(fr) + " | " + " | ".join(JOINT_COLUMNS) + " | pretrain s |",
+             "|---|" + "---|" * (len(fr) + len(JOINT_COLUMNS) + 1)]
+    num = lambda v: "–" if v is None or pd.isna(v) else f"{v:.3f}"  # noqa: E731
     for method, row in table.iterrows():
         cells = []
         for c in fr:
-            v, sd = row[c], row[f"{c} std"]
-            cells.append("–" if pd.isna(v) else f"{v:.3f}" + ("" if pd.isna(sd) else f" ± {sd:.3f}"))
-        p10, secs = row["text→image P@10"], row["pretrain s"]
-        cells += ["–" if pd.isna(p10) else f"{p10:.3f}", "–" if pd.isna(secs) else f"{secs:.0f}"]
+            v, sd = row.get(c), row.get(f"{c} std")
+            cells.append("–" if v is None or pd.isna(v) else f"{v:.3f}" + ("" if sd is None or pd.isna(sd) else f" ± {sd:.3f}"))
+        secs = row.get("pretrain s")
+        cells += [num(row.get(c)) for c in JOINT_COLUMNS] + ["–" if secs is None or pd.isna(secs) else f"{secs:.0f}"]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "## The paper's claims on this data", ""]
     for c in doc["claims"]:
         verdict = {True: "holds", False: "does NOT hold", None: "not testable (method missing)"}[c["holds"]]
         nums = "" if c["left"] is None or c["right"] is None else f" ({c['left']:.3f} vs {c['right']:.3f})"
         lines.append(f"- {c['claim']}: **{verdict}**{nums}")
-    lines += ["", "Details: [linear/results.md](linear/results.md), [retrieval/results.md](retrieval/results.md)."]
+    lines += ["", "Zero-shot: macro AUROC from one prompt per finding; image→report: P@10 by exact label agreement "
+              "among the test reports; localisation: the finding word's map (GLoRIA attention, else Grad-CAM of the "
+              "image-sentence similarity) inside the finding's mask, with an untrained copy and a uniform map as references.",
+              "", "Details: [linear/results.md](linear/results.md), [retrieval/results.md](retrieval/results.md), "
+              "[zeroshot/results.md](zeroshot/results.md), [report_retrieval/results.md](report_retrieval/results.md), "
+              "[localisation/results.md](localisation/results.md)."]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         "the same linear probes on the same pinned label-fraction subsets and, for joint-space methods,\n"
         "text->image retrieval; writes benchmark.md/.csv/.json and checks the paper's claims on the numbers.\n"
         "Started again on the same --out, finished runs are reused and unfinished ones resumed.",
-        epilog="example:\n  convirt benchmark --methods random,simclr,mocov2,binary,caption-transformer,convirt --data synth",
+        epilog="example:\n  convirt benchmark --methods random,simclr,mocov2,binary,caption-transformer,convirt,gloria --data synth",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", required=True, help="comma-separated: random, imagenet and any pretraining method")
     p.add_argument("--data", default="synth", help="'synth' (generated) or a manifest with image, text, split, labels")

@@ -78,6 +78,8 @@ def register(subparsers) -> None:
     p.add_argument("--ensemble", choices=["mean", "max"], default="mean", help="prompt ensembling")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--bench-seed", type=int, default=0, help="seed of the prompt draw and the bootstrap")
+    p.add_argument("--similarity", choices=["auto", "global", "local", "both"], default="auto",
+                   help="image-text score: auto = GLoRIA's global + local for GLoRIA models, else the global cosine")
     p.set_defaults(func=_zeroshot)
 
     p = sub.add_parser("report-retrieval", help="rank reports for each image: Recall@K and Precision@K (convirt models)")
@@ -86,6 +88,8 @@ def register(subparsers) -> None:
     p.add_argument("--agreement", choices=["exact", "any"], default="exact",
                    help="a report is relevant when its labels equal the image's (exact) or share a positive (any)")
     p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10])
+    p.add_argument("--similarity", choices=["auto", "global", "local", "both"], default="auto",
+                   help="image-text score: auto = GLoRIA's global + local for GLoRIA models, else the global cosine")
     p.set_defaults(func=_report_retrieval)
 
     from convirt.cli.report import register_report_gen  # report drafting by retrieval (convirt.reportgen)
@@ -100,6 +104,19 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_suite)
     _register_localized(sub)  # segment / detect (convirt.evaluation.segmentation / detection)
+    p = sub.add_parser("localisation", help="do finding words point at the finding? (synthetic masks; GLoRIA attention "
+                       "or similarity Grad-CAM)")
+    p.add_argument("--model", "--models", dest="models", nargs="+", required=True, metavar="RUN",
+                   help="convirt model or run folders (with a text encoder)")
+    p.add_argument("--name", "--names", dest="names", nargs="+", metavar="NAME", help="table labels, one per --model")
+    p.add_argument("--data", required=True, type=Path, help="a `convirt data synth` folder (manifest.csv and masks/)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (results.json, results.md, pictures)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-cases", type=int, default=200, help="(image, finding) cases at most (default 200)")
+    p.add_argument("--untrained", action="store_true",
+                   help="add an untrained copy of the first model (same architecture, random weights) as the random reference")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_localisation)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
@@ -191,7 +208,8 @@ def _zeroshot(args) -> int:
     settings = _settings(args)
     encoders, data = _load(args, required_splits=())
     prompts = load_prompts(args.prompts, args.n_prompts, args.bench_seed)
-    return _done(run_zeroshot(encoders, data, args.out, settings, prompts, args.ensemble, str(args.prompts)), args.out)
+    return _done(run_zeroshot(encoders, data, args.out, settings, prompts, args.ensemble, str(args.prompts),
+                              args.similarity), args.out)
 
 
 def _report_retrieval(args) -> int:
@@ -204,7 +222,8 @@ def _report_retrieval(args) -> int:
     if args.corpus:
         corpus = load_labelled(args.corpus, args.labels or data.label_names, "auto", args.uncertain,
                                args.allow_absolute_paths, ())
-    return _done(run_report_retrieval(encoders, data, args.out, settings, args.ks, corpus, args.agreement), args.out)
+    return _done(run_report_retrieval(encoders, data, args.out, settings, args.ks, corpus, args.agreement,
+                                      similarity=args.similarity), args.out)
 
 
 def _suite(args) -> int:
@@ -259,3 +278,24 @@ def _localized(args) -> int:
     else:
         from convirt.evaluation.detection import run_detection as run
     return _done(run(encoders, data, args.out, settings, cfg, args.freeze, args.overlays), args.out)
+
+
+def _localisation(args) -> int:
+    import convirt
+    from convirt.errors import ConfigError
+    from convirt.evaluation.localisation import run_localisation, untrained_copy
+
+    if args.names and len(args.names) != len(args.models):
+        raise ConfigError(f"{len(args.names)} --names for {len(args.models)} --models")
+    models = {}
+    for i, spec in enumerate(args.models):
+        folder = Path(spec) / "model" if (Path(spec) / "model" / "config.json").exists() else Path(spec)
+        model = convirt.load(folder)
+        if not model.has_text:
+            raise ConfigError(f"{spec} has no text encoder: words cannot point anywhere")
+        models[args.names[i] if args.names else model.meta.get("method", folder.parent.name)] = model
+    if args.untrained:
+        first = next(iter(models.values()))
+        models[f"untrained {first.meta.get('method', 'model')}"] = untrained_copy(first)
+    return _done(run_localisation(models, args.data, args.out, args.split, args.max_cases, progress=not args.no_progress),
+                 args.out)

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Group modules, in the order they appear in ``convirt --help``.
-GROUPS = ["data", "pretrain", "evaluate", "benchmark", "corpus", "report", "export", "demo"]
+GROUPS = ["data", "pretrain", "evaluate", "explain", "benchmark", "corpus", "report", "export", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

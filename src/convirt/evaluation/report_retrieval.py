@@ -67,7 +67,7 @@ def _n_relevant(img_y: np.ndarray, rep_y: np.ndarray, agreement: str) -> np.ndar
 
 def image_to_report_retrieval(image_emb: Any, report_emb: Any, ks: Sequence[int] = (1, 5, 10), paired: Any = None,
                               image_labels: Any = None, report_labels: Any = None, agreement: str = "exact",
-                              backend: str = "auto", return_topk: bool = False) -> dict:
+                              backend: str = "auto", return_topk: bool = False, scores: Any = None) -> dict:
     """Recall@K (with ``paired``) and Precision@K by label agreement (with both label matrices).
 
     ``paired[i]``: row of image i's own report in ``report_emb``, or -1 if it has none.
@@ -76,6 +76,8 @@ def image_to_report_retrieval(image_emb: Any, report_emb: Any, ks: Sequence[int]
     computed), ``per_query`` lists (R@K is ``None`` for unpaired images), ``n_images``,
     ``n_reports``, ``n_recall_queries``, ``n_unpaired_images``, ``n_queries_without_relevant``,
     ``agreement``, ``notes`` and, with ``return_topk``, the ranked report rows per image.
+    ``scores`` ``(n_images, n_reports)``, when given, ranks instead of the embeddings' cosine (GLoRIA's
+    global + local similarity, :mod:`convirt.evaluation.local_similarity`); ties go to the lower index.
     """
     ks = _check_ks(ks)
     if agreement not in AGREEMENTS:
@@ -104,7 +106,13 @@ def image_to_report_retrieval(image_emb: Any, report_emb: Any, ks: Sequence[int]
         if img_y.shape[1] != rep_y.shape[1]:
             raise DataError(f"image_labels have {img_y.shape[1]} columns, report_labels {rep_y.shape[1]}")
 
-    top = ranked_topk(q, c, max(ks), backend)  # (n_i, min(max K, n_r))
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (n_i, n_r) or not np.isfinite(scores).all():
+            raise DataError(f"scores must be finite and ({n_i}, {n_r}), got shape {scores.shape}")
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : min(max(ks), n_r)]
+    else:
+        top = ranked_topk(q, c, max(ks), backend)  # (n_i, min(max K, n_r))
     out: dict[str, Any] = {"ks": ks, "n_images": n_i, "n_reports": n_r, "agreement": agreement}
     per_query: dict[str, list] = {}
     notes: list[str] = []

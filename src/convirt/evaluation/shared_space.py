@@ -24,6 +24,7 @@ import pandas as pd
 
 from convirt.data.reports import extract_sections
 from convirt.errors import ConfigError, DataError
+from convirt.evaluation import local_similarity
 from convirt.evaluation.cache import EmbeddingCache
 from convirt.evaluation.encoders import Encoder
 from convirt.evaluation.labelled import LabelledData
@@ -203,8 +204,12 @@ def _render_retrieval(doc: dict, pictures: list[str]) -> str:
 
 
 def run_zeroshot(encoders: Sequence[Encoder], data: LabelledData, out: str | Path, settings: Settings,
-                 prompts: dict[str, list[str]], ensemble: str = "mean", prompts_source: str = "") -> dict:
-    """Zero-shot classification of the ``test`` images from class prompts."""
+                 prompts: dict[str, list[str]], ensemble: str = "mean", prompts_source: str = "",
+                 similarity: str = "auto") -> dict:
+    """Zero-shot classification of the ``test`` images from class prompts.
+
+    ``similarity`` (:mod:`convirt.evaluation.local_similarity`): ``auto`` scores GLoRIA models by their
+    global + local similarity (prompt scores then ensembled by mean or max), others by the cosine."""
     from convirt.evaluation.zeroshot import class_scores, zero_shot_metrics
 
     out = Path(out)
@@ -218,15 +223,35 @@ def run_zeroshot(encoders: Sequence[Encoder], data: LabelledData, out: str | Pat
     for enc in encoders:
         _needs_text(enc, "zero-shot classification")
         image_emb = _embed(enc, paths, data, settings, cache, True, f"{enc.name}: test (projected)")
-        prompt_emb = {c: enc.dual.encode_text(prompts[c]).numpy() for c in categories}
-        names, scores = class_scores(image_emb, prompt_emb, ensemble)
+        used = local_similarity.resolve(similarity, enc.dual)
+        if used == "global":
+            prompt_emb = {c: enc.dual.encode_text(prompts[c]).numpy() for c in categories}
+            names, scores = class_scores(image_emb, prompt_emb, ensemble)
+        else:
+            names, scores = categories, _local_class_scores(enc, paths, image_emb, prompts, categories, ensemble, used,
+                                                            settings)
         metrics = zero_shot_metrics(scores, y if task != "multiclass" else y.argmax(axis=1), names, task,
                                     n_boot=settings.n_boot, seed=int(settings.seeds[0]))
-        models[enc.name] = {"model": model_record(enc), **metrics}
+        models[enc.name] = {"model": model_record(enc), "similarity": used, **metrics}
     doc = {"protocol": "zeroshot", "data": data.describe(), "settings": settings.to_dict(), "task": task,
            "ensemble": ensemble, "prompts": {"source": prompts_source, "per_class": {c: prompts[c] for c in categories}},
            "models": models}
     return write_results(out, doc, _render_zeroshot(doc))
+
+
+def _local_class_scores(enc: Encoder, paths: list[Path], image_emb: np.ndarray, prompts: dict[str, list[str]],
+                        categories: list[str], ensemble: str, similarity: str, settings: Settings) -> np.ndarray:
+    """GLoRIA-style class scores: every prompt scored by the (global +) local similarity, then the mean
+    or the max over each class's prompts."""
+    texts = [p for c in categories for p in prompts[c]]
+    regions = local_similarity.image_regions(enc.dual, paths, settings.batch_size, settings.progress)
+    s = local_similarity.scores(enc.dual, image_emb, regions, texts, similarity)
+    columns, start = [], 0
+    for c in categories:
+        part = s[:, start : start + len(prompts[c])]
+        columns.append(part.mean(axis=1) if ensemble == "mean" else part.max(axis=1))
+        start += len(prompts[c])
+    return np.stack(columns, axis=1)
 
 
 def _render_zeroshot(doc: dict) -> str:
@@ -252,7 +277,7 @@ def _render_zeroshot(doc: dict) -> str:
 
 def run_report_retrieval(encoders: Sequence[Encoder], data: LabelledData, out: str | Path, settings: Settings,
                          ks: Sequence[int] = (1, 5, 10), corpus: LabelledData | None = None, agreement: str = "exact",
-                         sections: Sequence[str] | None = ("FINDINGS", "IMPRESSION")) -> dict:
+                         sections: Sequence[str] | None = ("FINDINGS", "IMPRESSION"), similarity: str = "auto") -> dict:
     """Rank reports for each ``test`` image: its own report (Recall@K) and label agreement (Precision@K).
 
     Reports are the test rows' own ``text`` (paired) or, with ``corpus``, another table's reports
@@ -276,9 +301,15 @@ def run_report_retrieval(encoders: Sequence[Encoder], data: LabelledData, out: s
         _needs_text(enc, "image→report retrieval")
         image_emb = _embed(enc, data.split_paths("test"), data, settings, cache, True, f"{enc.name}: test (projected)")
         report_emb = enc.dual.encode_text(reports).numpy()
+        used = local_similarity.resolve(similarity, enc.dual)
+        pair_scores = None
+        if used != "global":  # GLoRIA: global + local similarity ranks the reports
+            paths = data.split_paths("test")
+            regions = local_similarity.image_regions(enc.dual, paths, settings.batch_size, settings.progress)
+            pair_scores = local_similarity.scores(enc.dual, image_emb, regions, reports, used)
         r = image_to_report_retrieval(image_emb, report_emb, ks, paired=paired, image_labels=image_labels,
-                                      report_labels=report_labels, agreement=agreement)
-        models[enc.name] = {"model": model_record(enc), **r}
+                                      report_labels=report_labels, agreement=agreement, scores=pair_scores)
+        models[enc.name] = {"model": model_record(enc), "similarity": used, **r}
     doc = {"protocol": "report-retrieval", "data": data.describe(), "settings": settings.to_dict(), "ks": list(ks),
            "agreement": agreement, "n_reports": len(reports), "corpus": str(source.manifest), "models": models}
     return write_results(out, doc, _render_report_retrieval(doc))
