@@ -1,11 +1,13 @@
-"""Images/s of the training input pipeline: decoding the original files vs reading the image cache.
+"""Images/s of the training input pipeline: decoding the original files vs reading the image cache or shards.
 
     python benchmarks/data_loading.py --manifest data/kermany/manifest.csv --size 256 --train-size 224
     python benchmarks/data_loading.py --synthetic 600          # no data needed: generated radiographs
 
 Each path is timed over the same images (decode or cache read, then the paper's training
 transform), single process, after a warm-up pass so both read from the page cache: the table shows
-what decoding costs, not the disk. Prints a markdown table and writes it with the raw numbers to
+what decoding costs, not the disk. The shard rows stream the same rows from `convirt data shard`
+tars (one stream, no shuffle buffer; the first view of each row), the sequential reading that
+multi-node training does. Prints a markdown table and writes it with the raw numbers to
 ``--out`` (JSON + markdown).
 """
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -45,6 +48,7 @@ def main() -> None:
 
     from convirt.data.cache import ImageCache, build_cache, manifest_image_paths
     from convirt.data.images import load_image, to_tensor
+    from convirt.data.shards import ShardSet, _decode, write_shards
     from convirt.data.transforms import train_transform
 
     work = Path(tempfile.mkdtemp(prefix="convirt-bench-"))
@@ -57,6 +61,9 @@ def main() -> None:
     files = [manifest.parent / p for p in paths]
     build_cache(manifest, work / "cache", size=args.size)
     cache = ImageCache(work / "cache")
+    write_shards(manifest, work / "shards", size=args.size, samples_per_shard=100, split="all")
+    shard_set = ShardSet(work / "shards")
+    n_stream = min(len(paths), len(shard_set))
     transform = train_transform(args.train_size)
     torch.manual_seed(0)
 
@@ -72,13 +79,29 @@ def main() -> None:
     def cache_only(key):
         return cache.load(key)
 
+    def stream(fn):  # one pass over the first n_stream rows of the shards, as one loader stream reads them
+        def run(_):
+            for _, _, raw in islice(shard_set.stream(0, 0, 1, buffer=1), n_stream):
+                key = next(k for k in sorted(raw) if k.startswith("img"))
+                fn(_decode(raw[key], key, args.size).astype("float32") / 255.0)
+        return run
+
+    def shards_only(pixels):
+        return pixels
+
+    def from_shards(pixels):
+        return transform(to_tensor(pixels))
+
     for fn, items in ((from_file, files), (from_cache, paths)):  # warm the page cache
         _time(fn, items[:50], 1)
+    _time(stream(shards_only), [None], 1)
     rows = {
         "decode only (files)": _time(decode_only, files, args.repeats),
         "read only (cache)": _time(cache_only, paths, args.repeats),
         "decode + train transform (files)": _time(from_file, files, args.repeats),
         "cache + train transform": _time(from_cache, paths, args.repeats),
+        "read only (shards)": _time(stream(shards_only), [None], args.repeats) * n_stream,
+        "shards + train transform": _time(stream(from_shards), [None], args.repeats) * n_stream,
     }
     suffixes = sorted({Path(p).suffix for p in paths})
     first = load_image(files[0])

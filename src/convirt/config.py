@@ -247,11 +247,17 @@ class DataConfig:
     check_images: bool = True  # decode every image once before training (convirt data check)
     allow_absolute_paths: bool = False
     image_cache: str | None = None  # a `convirt data cache` folder of data.train: no decoding at run time
+    shards: str | None = None  # a `convirt data shard` folder of data.train's training rows: streamed tar shards
+    shard_shuffle_buffer: int = 1000  # samples each loader stream shuffles among (data.shards); 1: shard order only
 
     def validate(self) -> None:
         _check(self.batch_size >= 2, "data.batch_size", "must be >= 2 (a contrastive batch needs negatives)", self.batch_size)
         _check(self.image_cache is None or (Path(self.image_cache) / "index.json").is_file(), "data.image_cache",
                "must be a folder written by `convirt data cache MANIFEST --out DIR`", self.image_cache)
+        _check(self.shards is None or (Path(self.shards) / "index.json").is_file(), "data.shards",
+               "must be a complete folder written by `convirt data shard MANIFEST --out DIR` (index.json missing)",
+               self.shards)
+        _check(self.shard_shuffle_buffer >= 1, "data.shard_shuffle_buffer", "must be >= 1", self.shard_shuffle_buffer)
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
 
 

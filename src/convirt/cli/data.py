@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-VERBS = ["check", "cache", "synth", "prepare"]
+VERBS = ["check", "cache", "shard", "synth", "prepare"]
 
 
 def register(subparsers) -> None:

@@ -21,6 +21,7 @@ from convirt.data.images import load_image
 from convirt.data.manifest import read_manifest
 from convirt.data.pairs import FixedBatchSampler, PairCollator, PairDataset, StreamBatchSampler, pairs_from_manifest
 from convirt.data.reports import SentenceSampler
+from convirt.data.shards import ShardPairStream
 from convirt.data.transforms import build_transforms
 from convirt.errors import DataError
 
@@ -39,10 +40,17 @@ def load_split_pairs(cfg: PretrainConfig, require_text: bool = True):
     out, skipped = {}, 0
     for path, split in sources:
         path = Path(path)
-        report = check_manifest(path, decode_images=d.check_images and not d.image_cache, allow_absolute=d.allow_absolute_paths, progress=cfg.trainer.progress_bar,
+        report = check_manifest(path, decode_images=d.check_images and not d.image_cache and not d.shards,
+                                allow_absolute=d.allow_absolute_paths, progress=cfg.trainer.progress_bar,
                                 require_text=require_text)
         if not require_text:  # the reports are never read: an empty or broken one costs no row
             report.bad = [b for b in report.bad if b.column != "text"]
+        if d.shards and split == "train":  # rows whose images are in the shards need no local file
+            from convirt.data.shards import ShardSet
+
+            in_shards = ShardSet(d.shards).all_rows
+            report.bad = [b for b in report.bad
+                          if not (b.column == "image" and b.row in in_shards and b.reason.startswith("file not found"))]
         bad_rows = {b.row for b in report.bad if b.row is not None}
         if any(b.row is None for b in report.bad):
             raise DataError(f"{path}: " + "; ".join(b.reason for b in report.bad if b.row is None))
@@ -106,9 +114,33 @@ def image_loader(cfg: PretrainConfig):
     return CachedImageLoader(ImageCache(cfg.data.image_cache), Path(cfg.data.train).parent)
 
 
+def open_shards(cfg: PretrainConfig, train_pairs):
+    """``data.shards`` restricted to the training rows, checked to hold all of them."""
+    from convirt.data.shards import ShardSet, _sha256
+
+    rows = {p.row for p in train_pairs}
+    shards = ShardSet(cfg.data.shards, rows=rows)
+    missing = sorted(rows - set(shards.row_of.tolist()))
+    if missing:
+        raise DataError(f"data.shards {cfg.data.shards} lacks {len(missing)} training row(s) of {cfg.data.train} "
+                        f"(rows {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}): rewrite it with "
+                        f"`convirt data shard {cfg.data.train} --out {cfg.data.shards}"
+                        f"{' --split all' if cfg.data.val else ''}`"
+                        f"{' (with data.val set, every row of data.train is a training row)' if cfg.data.val else ''}")
+    if shards.index.get("manifest_sha256") != _sha256(Path(cfg.data.train)):
+        log.warning("data.shards %s was written from another version of %s (sha256 differs): the images and reports "
+                    "trained on are the shards' ones", cfg.data.shards, cfg.data.train)
+    if shards.size < cfg.image.size:
+        log.warning("data.shards holds %d px images, below image.size %d: they are upscaled", shards.size, cfg.image.size)
+    return shards
+
+
 class PairDataModule(L.LightningDataModule):
     """``tokenizer=None``: no text is read (image-only methods). ``views=2``: two augmented views per
-    image, in validation too (the same seeded draws at every validation, so its loss is comparable)."""
+    image, in validation too (the same seeded draws at every validation, so its loss is comparable).
+
+    With ``data.shards`` the training batches stream from WebDataset shards
+    (:class:`convirt.data.shards.ShardPairStream`) through the same :class:`PairDataset` code."""
 
     def __init__(self, cfg: PretrainConfig, train_pairs, val_pairs, tokenizer, views: int = 1) -> None:
         super().__init__()
@@ -119,13 +151,28 @@ class PairDataModule(L.LightningDataModule):
         self.train_set = PairDataset(train_pairs, build_transforms(cfg, train=True), sampler, seed, views=views, load=load)
         self.val_set = PairDataset(val_pairs, build_transforms(cfg, train=views == 2), sampler, seed + 1, views=views,
                                    load=load)
+        self.shards = open_shards(cfg, train_pairs) if cfg.data.shards else None
+        self._restored_streams: dict | None = None
+
+    def _streams(self) -> dict:
+        trainer = self.trainer
+        return {"world_size": trainer.world_size, "num_workers": self.cfg.data.num_workers, "seed": self.cfg.trainer.seed}
+
+    def state_dict(self) -> dict:
+        """With shards: how the stream was split, so that a resume with another split can say so."""
+        return {"shard_streams": self._streams()} if self.shards is not None and self.trainer is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored_streams = state.get("shard_streams")
 
     def _loader(self, dataset, batch_sampler) -> DataLoader:
+        """``batch_sampler=None``: ``dataset`` yields whole batches (lists of samples; the shard stream)."""
         workers = self.cfg.data.num_workers
         # A private generator: creating a loader iterator must not draw from the global RNG that
         # dropout uses, or a resumed run would diverge from an uninterrupted one.
         generator = torch.Generator().manual_seed(self.cfg.trainer.seed)
-        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=self.collate, num_workers=workers, generator=generator,
+        batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": None}
+        return DataLoader(dataset, **batching, collate_fn=self.collate, num_workers=workers, generator=generator,
                           pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
                           persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                           worker_init_fn=functools.partial(_worker_init, _exiting_event()) if workers else None)
@@ -135,6 +182,15 @@ class PairDataModule(L.LightningDataModule):
         # resume exactly where the stream stopped: global_step optimiser steps = that many x accumulate batches
         start = trainer.global_step * trainer.accumulate_grad_batches
         log.info("training stream starts at batch %d", start)
+        if self.shards is not None:
+            if self._restored_streams not in (None, self._streams()):
+                log.warning("the checkpoint's shard stream was split as %s, this run's as %s: the rest of the current "
+                            "epoch is cut differently (some samples may repeat or be missed until the next epoch)",
+                            self._restored_streams, self._streams())
+            stream = ShardPairStream(self.shards, self.train_set, self.cfg.data.batch_size, self.cfg.trainer.seed,
+                                     trainer.global_rank, trainer.world_size, start_batch=start,
+                                     buffer=self.cfg.data.shard_shuffle_buffer)
+            return self._loader(stream, None)
         sampler = StreamBatchSampler(len(self.train_set), self.cfg.data.batch_size, self.cfg.trainer.seed,
                                      trainer.global_rank, trainer.world_size, start_batch=start)
         return self._loader(self.train_set, sampler)
