@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         "benchmark", help="pretrain several methods on the same data and budget, evaluate all, one table",
         description="Pretrains each method (same preset, steps and batch size), evaluates every encoder with\n"
         "the same linear probes on the same pinned label-fraction subsets and, for joint-space methods,\n"
-        "text->image retrieval; writes benchmark.md/.csv/.json and checks the paper's claims on the numbers.\n"
+        "text->image retrieval, zero-shot classification, image->report retrieval and (synthetic data)\n"
+        "the localisation check; writes benchmark.md/.csv/.json and checks the paper's claims on the numbers.\n"
         "Started again on the same --out, finished runs are reused and unfinished ones resumed.",
         epilog="example:\n  convirt benchmark --methods random,simclr,mocov2,binary,caption-transformer,convirt,gloria --data synth",
         formatter_class=argparse.RawDescriptionHelpFormatter)
