@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from convirt.cli.main import main
+from convirt.errors import ConfigError
 from convirt.data.adapters.siim import decode_rle
 from convirt.data.synthetic import finding_boxes, finding_masks, make_study, write_localized_manifest
 from convirt.evaluation.encoders import load_encoder
@@ -151,3 +152,24 @@ def test_cli_help_and_a_bad_column(tmp_path, capsys):
     code = main(["evaluate", "segment", "--model", "random:resnet18", "--data", str(manifest), "--out",
                  str(tmp_path / "o"), "--target-column", "nope", "--no-progress"])
     assert code != 0 and "nope" in capsys.readouterr().err
+
+
+def test_positive_oversampling_draws_findings_at_the_asked_share(tmp_path):
+    from torch.utils.data import WeightedRandomSampler
+
+    from convirt.evaluation.localized import positive_weights
+
+    positive = np.array([True, False, False, False, False, False, False, False])
+    w = positive_weights(positive, 0.5).numpy()
+    np.testing.assert_allclose(w, [0.5] + [0.5 / 7] * 7)  # hand-worked: half the mass on the one positive
+    draws = np.array(list(WeightedRandomSampler(torch.as_tensor(w), 20000, generator=torch.Generator().manual_seed(0))))
+    assert abs(positive[draws].mean() - 0.5) < 0.02
+    manifest = write_toy_localized(tmp_path)
+    data = load_localized(manifest, "mask")
+    from convirt.evaluation.localized import LocalizedImages
+
+    images = LocalizedImages(data, "train", None, lambda x: x)
+    expected = [isinstance(c, str) and c.strip() != "" for c in data.cells("train")]
+    assert images.positive.tolist() == expected and 0 < images.positive.sum() < len(expected)
+    with pytest.raises(ConfigError, match="positive_fraction must lie in"):
+        default_config(False, positive_fraction=1.0)

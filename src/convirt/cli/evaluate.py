@@ -157,7 +157,8 @@ def _finetune_cfg(args, freeze: bool):
 
     return default_config(freeze, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                           max_epochs=args.max_epochs, patience=args.patience, min_epoch_steps=args.min_epoch_steps,
-                          augment=args.augment, precision=args.precision, num_workers=args.workers)
+                          augment=args.augment, precision=args.precision, num_workers=args.workers,
+                         positive_fraction=args.positive_fraction)
 
 
 def _done(doc: dict, out: Path) -> int:
@@ -259,6 +260,8 @@ def _register_localized(sub) -> None:
         g.add_argument("--min-epoch-steps", type=int, help="batches per epoch at least (default 20; small subsets repeat)")
         g.add_argument("--augment", choices=["mild", "none"], help="training augmentations (default mild)")
         g.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed (default 32-true)")
+        g.add_argument("--positive-fraction", type=float,
+                       help="share of training draws showing a finding (oversampling rare findings; default: uniform)")
         p.set_defaults(func=_localized, localized=verb, batch_size=16)
 
 
@@ -272,7 +275,8 @@ def _localized(args) -> int:
     encoders = load_encoders(args.models, args.names, args.size, args.seed)
     cfg = default_config(args.freeze, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                          max_epochs=args.max_epochs, patience=args.patience, min_epoch_steps=args.min_epoch_steps,
-                         augment=args.augment, precision=args.precision, num_workers=args.workers)
+                         augment=args.augment, precision=args.precision, num_workers=args.workers,
+                         positive_fraction=args.positive_fraction)
     if args.localized == "segment":
         from convirt.evaluation.segmentation import run_segmentation as run
     else:

@@ -61,6 +61,7 @@ class ProtocolConfig:
     patience: int | None = None
     augment: str | None = None
     precision: str | None = None
+    positive_fraction: float | None = None  # segment / detect: share of training draws showing a finding
     per_category: int | None = None
     queries_per_category: int = 0
     image_root: str | None = None
