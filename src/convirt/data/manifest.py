@@ -8,6 +8,8 @@ paths that leave the manifest's folder are refused unless explicitly allowed.
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import re
 from pathlib import Path
@@ -127,3 +129,12 @@ def resolve_image_paths(entry: str, root: str | Path, allow_absolute: bool = Fal
             raise DataError(f"path leaves the manifest's folder: {part}")
         paths.append(root / normal)
     return paths
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (manifests, shards: what a result was made from)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from convirt.atomic import atomic_path, atomic_write_text
 from convirt.data.cache import _square
 from convirt.data.images import load_image
-from convirt.data.manifest import VIEW_SEPARATOR, read_manifest, resolve_image_paths
+from convirt.data.manifest import VIEW_SEPARATOR, file_sha256, read_manifest, resolve_image_paths
 from convirt.data.pairs import Pair, PairDataset
 from convirt.errors import ConfigError, DataError, ImageDecodeError
 
@@ -57,14 +57,6 @@ _REWRITE = "rewrite the shard set with `convirt data shard MANIFEST --out DIR`"
 
 
 # --- writing ---------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _encode(array: np.ndarray, encoding: str) -> bytes:
@@ -167,7 +159,7 @@ def write_shards(manifest: str | Path, out: str | Path, size: int = 256, samples
                             writer.write(record)
                             if bad:
                                 failed[str(int(record["__key__"]))] = bad
-                digest, nbytes = _sha256(tmp), tmp.stat().st_size
+                digest, nbytes = file_sha256(tmp), tmp.stat().st_size
             shards.append({"name": target.name, "n": len(chunk), "bytes": nbytes, "sha256": digest,
                            "rows": [i + 1 for i in chunk]})
             bar.update(len(chunk))
@@ -178,7 +170,7 @@ def write_shards(manifest: str | Path, out: str | Path, size: int = 256, samples
             stale.unlink()
     index = {
         "format": FORMAT, "version": VERSION, "split": split, "n_samples": len(positions),
-        "samples_per_shard": samples_per_shard, "manifest": manifest.name, "manifest_sha256": _sha256(manifest),
+        "samples_per_shard": samples_per_shard, "manifest": manifest.name, "manifest_sha256": file_sha256(manifest),
         "preprocessing": {"size": size, "encoding": encoding, "dtype": "uint8", "decode": "convirt.data.images.load_image",
                           "resize": "shorter side to size, antialiased bilinear", "crop": "centre square"},
         "shards": shards, "failed": failed,

@@ -16,7 +16,6 @@ the exact table they came from.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from convirt.data.manifest import label_columns, read_manifest, resolve_image_paths
+from convirt.data.manifest import file_sha256, label_columns, read_manifest, resolve_image_paths
 from convirt.errors import ConfigError, DataError
 
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
@@ -61,14 +60,6 @@ class LabelledData:
                 "labels": self.label_names, "n_images": {s: int(len(i)) for s, i in self.splits.items()},
                 "n_positive": {s: dict(zip(self.label_names, map(int, self.y[i].sum(axis=0))))
                                for s, i in self.splits.items()}}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_labelled(manifest: str | Path, labels: Sequence[str] | None = None, task: str = "auto",

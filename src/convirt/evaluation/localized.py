@@ -45,10 +45,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from convirt.data.images import load_image, to_tensor
-from convirt.data.manifest import read_manifest, resolve_image_paths
+from convirt.data.manifest import file_sha256, read_manifest, resolve_image_paths
 from convirt.errors import ConfigError, DataError
 from convirt.evaluation.finetune import FinetuneConfig
-from convirt.evaluation.labelled import LabelledData, file_sha256, load_labelled
+from convirt.evaluation.labelled import LabelledData, load_labelled
 
 LOCALIZED = ("segment", "segment-frozen", "detect", "detect-frozen")  # suite protocol names
 KINDS = {"segment": "mask", "detect": "boxes"}

@@ -116,7 +116,8 @@ def image_loader(cfg: PretrainConfig):
 
 def open_shards(cfg: PretrainConfig, train_pairs):
     """``data.shards`` restricted to the training rows, checked to hold all of them."""
-    from convirt.data.shards import ShardSet, _sha256
+    from convirt.data.manifest import file_sha256
+    from convirt.data.shards import ShardSet
 
     rows = {p.row for p in train_pairs}
     shards = ShardSet(cfg.data.shards, rows=rows)
@@ -127,7 +128,7 @@ def open_shards(cfg: PretrainConfig, train_pairs):
                         f"`convirt data shard {cfg.data.train} --out {cfg.data.shards}"
                         f"{' --split all' if cfg.data.val else ''}`"
                         f"{' (with data.val set, every row of data.train is a training row)' if cfg.data.val else ''}")
-    if shards.index.get("manifest_sha256") != _sha256(Path(cfg.data.train)):
+    if shards.index.get("manifest_sha256") != file_sha256(Path(cfg.data.train)):
         log.warning("data.shards %s was written from another version of %s (sha256 differs): the images and reports "
                     "trained on are the shards' ones", cfg.data.shards, cfg.data.train)
     if shards.size < cfg.image.size:
