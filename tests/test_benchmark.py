@@ -33,6 +33,7 @@ def test_tiny_benchmark_writes_the_table_and_reuses_finished_runs(tmp_path):
     again = run_benchmark(["random", "convirt", "gloria"], tmp_path / "out", str(manifest), size, labels=["bright"],
                           progress=False, overrides=TINY)
     assert again["pretrain"]["convirt"]["reused"] is True
+    assert again["pretrain_seconds"]["convirt"] == doc["pretrain"]["convirt"]["fit_seconds"]  # not the reuse time
 
 
 def test_claims_are_judged_on_the_numbers():
