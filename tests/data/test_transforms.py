@@ -7,7 +7,8 @@ import torch
 from torchvision.transforms import v2
 
 from convirt.config import PretrainConfig
-from convirt.data.transforms import ImageAugmentConfig, build_transforms, eval_transform, train_transform
+from convirt.data.transforms import (ImageAugmentConfig, SeparableGaussianBlur, build_transforms, eval_transform,
+                                     train_transform)
 from convirt.errors import ConfigError
 
 # ConVIRT, Appendix (image transformations), written out independently of the code under test
@@ -24,7 +25,8 @@ def test_config_defaults_are_the_papers():
 def _check_reaches_torchvision(t: v2.Compose, p: dict, kernel: int) -> None:
     crop, flip, affine, jitter, blur, norm = t.transforms
     assert [type(x) for x in t.transforms] == [v2.RandomResizedCrop, v2.RandomHorizontalFlip, v2.RandomAffine,
-                                               v2.ColorJitter, v2.GaussianBlur, v2.Normalize]  # the paper's order
+                                               v2.ColorJitter, SeparableGaussianBlur, v2.Normalize]  # the paper's order
+    assert isinstance(blur, v2.GaussianBlur)  # torchvision's transform, computed separably
     assert list(crop.size) == [p["size"], p["size"]] and tuple(crop.scale) == p["crop_scale"]
     assert flip.p == p["hflip_p"]
     assert list(affine.degrees) == [-p["rotation"], p["rotation"]]
@@ -106,3 +108,40 @@ def test_validation_errors(field, value, match):
         cfg.validate()
     with pytest.raises(ConfigError, match=match):
         build_transforms(cfg, train=True)
+
+
+@pytest.mark.parametrize("shape, kernel, sigma", [((1, 224, 224), 19, (0.1, 3.0)), ((3, 40, 57), 7, (0.5, 2.0)),
+                                                  ((2, 1, 33, 30), 5, (1.0, 1.0))])
+def test_separable_blur_is_torchvisions_blur(shape, kernel, sigma):
+    """Same sigma draw (the generator ends in the same state) and the same output to float rounding."""
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    want, after_want = v2.GaussianBlur(kernel, sigma)(image), torch.rand(3)
+    torch.manual_seed(0)
+    got, after_got = SeparableGaussianBlur(kernel, sigma)(image), torch.rand(3)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+    assert torch.equal(after_got, after_want)
+
+
+def test_separable_blur_leaves_other_inputs_to_torchvision():
+    from torchvision import tv_tensors
+
+    image = tv_tensors.Image(torch.randint(0, 256, (1, 20, 20), dtype=torch.uint8))
+    torch.manual_seed(0)
+    want = v2.GaussianBlur(5, (0.5, 1.5))(image)
+    torch.manual_seed(0)
+    got = SeparableGaussianBlur(5, (0.5, 1.5))(image)
+    assert type(got) is type(want) and torch.equal(got, want)
+
+
+def test_training_views_match_the_torchvision_composition():
+    """The whole training transform gives the views torchvision's own GaussianBlur would give."""
+    t = train_transform()
+    reference = v2.Compose([*t.transforms[:4], v2.GaussianBlur(19, sigma=(0.1, 3.0)), t.transforms[5]])
+    image = torch.rand(1, 300, 260, generator=torch.Generator().manual_seed(2))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        got = t(image)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(got, reference(image), rtol=0, atol=1e-5)

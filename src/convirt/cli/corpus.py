@@ -44,9 +44,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="corpus folder to write")
     p.add_argument("--split", help="only rows of this split of a manifest (e.g. train); default all rows")
     p.add_argument("--column", default="text", help="report column of a manifest (default text)")
-    p.add_argument("--index", choices=["auto", "flat", "ivf"], default="auto",
-                   help="FAISS index: flat (exact), ivf (approximate, milliseconds per image for millions of entries); "
-                        "auto: ivf from 200,000 entries")
+    p.add_argument("--index", choices=["auto", "flat", "ivf", "ivf-pq"], default="auto",
+                   help="FAISS index: flat (exact), ivf (approximate, milliseconds per image for millions of entries), "
+                        "ivf-pq (approximate, product-quantised scan + exact re-ranking: several times faster than "
+                        "ivf at the same recall for millions of entries; benchmarks/RESULTS.md); auto: ivf from "
+                        "200,000 entries")
     p.add_argument("--keep-redacted", action="store_true", help="keep entries holding IU X-ray's XXXX redactions")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--no-progress", action="store_true")

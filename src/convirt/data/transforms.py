@@ -15,12 +15,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from convirt.data.images import to_tensor
 from convirt.errors import ConfigError
 
-__all__ = ["ImageAugmentConfig", "build_transforms", "eval_transform", "to_tensor", "train_transform"]
+__all__ = ["ImageAugmentConfig", "SeparableGaussianBlur", "build_transforms", "eval_transform", "to_tensor",
+           "train_transform"]
 
 Range = tuple[float, float]
 
@@ -86,6 +89,39 @@ def _check(ok: bool, key: str, rule: str, value) -> None:
         raise ConfigError(f"augment.{key} {rule}; got {value!r}")
 
 
+def _gaussian_kernel1d(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """torchvision's 1-D Gaussian kernel, computed by the same operations (so the same values)."""
+    lim = (size - 1) / (2.0 * math.sqrt(2.0))
+    return torch.softmax(torch.linspace(-lim, lim, steps=size, dtype=dtype).div(sigma).pow(2).neg(), dim=0)
+
+
+def separable_gaussian_blur(image: torch.Tensor, kernel_size: list[int], sigma: list[float]) -> torch.Tensor:
+    """``torchvision.transforms.v2.functional.gaussian_blur`` of a float ``(..., C, H, W)`` tensor, as a
+    row pass then a column pass: torchvision's 2-D kernel is the outer product of these two 1-D
+    kernels, applied after the same reflect padding, so the result is the same up to float rounding."""
+    kx, ky = (_gaussian_kernel1d(k, s, image.dtype) for k, s in zip(kernel_size, sigma))
+    shape = image.shape
+    x = image.reshape(-1, 1, shape[-2], shape[-1])  # channels are blurred independently
+    x = F.pad(x, [kernel_size[0] // 2, kernel_size[0] // 2, kernel_size[1] // 2, kernel_size[1] // 2], mode="reflect")
+    x = F.conv2d(F.conv2d(x, kx.view(1, 1, 1, -1)), ky.view(1, 1, -1, 1))
+    return x.reshape(shape)
+
+
+class SeparableGaussianBlur(v2.GaussianBlur):
+    """``v2.GaussianBlur`` with the same random sigma (drawn by torchvision's own code, so seeded
+    views are unchanged) computed separably: 2k instead of k^2 multiplications per pixel. At the
+    paper's sigma up to 3 (k = 19) the blur was 90% of the training transform's time and is ~9x
+    faster this way (benchmarks/RESULTS.md); the output matches torchvision's to ~1e-6 (tested).
+    Plain float tensors only; other inputs go to torchvision's kernel."""
+
+    def transform(self, inpt, params: dict):
+        if type(inpt) is torch.Tensor and inpt.is_floating_point() and inpt.ndim >= 3:
+            return separable_gaussian_blur(inpt, list(self.kernel_size), params["sigma"])
+        return self._call_kernel(v2.functional.gaussian_blur, inpt, self.kernel_size, **params)
+
+    _transform = transform  # the name torchvision < 0.21 calls
+
+
 def train_transform(size: int = 224, crop_scale: Range = (0.6, 1.0), hflip_p: float = 0.5, rotation: float = 20.0,
                     translate: float = 0.1, affine_scale: Range = (0.95, 1.05), brightness: Range = (0.6, 1.4),
                     contrast: Range = (0.6, 1.4), blur_sigma: Range = (0.1, 3.0), blur_kernel: int | None = None,
@@ -99,7 +135,7 @@ def train_transform(size: int = 224, crop_scale: Range = (0.6, 1.0), hflip_p: fl
         v2.RandomAffine(c.rotation, translate=(c.translate, c.translate), scale=c.affine_scale,
                         interpolation=v2.InterpolationMode.BILINEAR),
         v2.ColorJitter(brightness=c.brightness, contrast=c.contrast),
-        v2.GaussianBlur(c.kernel, sigma=c.blur_sigma),
+        SeparableGaussianBlur(c.kernel, sigma=c.blur_sigma),
         v2.Normalize([c.mean], [c.std]),
     ])
 

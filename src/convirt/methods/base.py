@@ -101,12 +101,16 @@ class PretrainMethod(L.LightningModule):
         else:
             self.bad_steps_in_a_row = 0  # reset only by a step that updates the weights
 
+    def configure_model(self) -> None:
+        """Lightning calls this before training: the speed options of ``cfg.trainer``."""
+        apply_speed_options(self)
+
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         o = self.cfg.optim
         params = [p for p in self.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-        optimizer = opt_cls(params, lr=o.lr, weight_decay=o.weight_decay)
+        optimizer = opt_cls(params, lr=o.lr, weight_decay=o.weight_decay, **({"fused": True} if o.fused else {}))
         if o.scheduler == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=o.plateau_factor, patience=o.plateau_patience)
         total, warmup = self.cfg.trainer.max_steps, o.warmup_steps
@@ -147,6 +151,29 @@ class PretrainMethod(L.LightningModule):
         state = getattr(self, "_plateau_state", None)
         if state and self.plateau is not None:
             self.plateau.load_state_dict(state)
+
+
+def apply_speed_options(method: PretrainMethod) -> None:
+    """``trainer.gradient_checkpointing`` and ``trainer.compile`` on the method's towers (once).
+
+    Both keep the loss and the gradients (tested): checkpointing recomputes activations in backward
+    (dropout replays the same draws; the recomputation updates the batch-norm running statistics of
+    the checkpointed stages a second time, as in any checkpointed CNN), and ``nn.Module.compile``
+    compiles a tower's forward in place, so parameter names, checkpoints and exported models are
+    unchanged (its dropout masks come from inductor's generator, not eager's). Measured effects:
+    benchmarks/RESULTS.md.
+    """
+    if getattr(method, "_speed_options_applied", False):
+        return
+    t = method.cfg.trainer
+    model = getattr(method, "model", None)
+    towers = [getattr(model, name, None) for name in ("image_encoder", "text_encoder")]
+    for tower in (x for x in towers if x is not None):
+        if t.gradient_checkpointing:
+            tower.set_grad_checkpointing(True)
+        if t.compile:
+            tower.compile()
+    method._speed_options_applied = True
 
 
 def _rng_state() -> dict:

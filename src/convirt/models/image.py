@@ -143,6 +143,11 @@ class ImageEncoder(nn.Module):
         self.backbone.train(was_training)
         return tuple(local.shape[-2:]) if local.ndim == 4 else (local.shape[1], 1)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's activations in backward instead of keeping them (timm's stage-wise
+        checkpointing): less memory for large batches, about one more forward pass of time."""
+        self.backbone.set_grad_checkpointing(enable)
+
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if self.in_chans == 3 and images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)

@@ -146,6 +146,18 @@ class TextEncoder(nn.Module):
         for block in blocks[:layers]:
             block.requires_grad_(False)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer layer's activations in backward (Hugging Face activation
+        checkpointing, non-reentrant, so that trainable layers above frozen ones still get gradients)."""
+        if not enable:
+            (getattr(self.model, "activation_checkpointing_disable", None) or self.model.gradient_checkpointing_disable)()
+            return
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
     def _layers(self) -> nn.ModuleList:
         encoder = getattr(self.model, "encoder", None)
         layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
