@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _machine import machine  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -283,7 +285,7 @@ def main() -> None:
         faiss.omp_set_num_threads(args.threads)
     if args.quick:
         args.sizes, args.embed, args.repeats = "10000,100000", "small", 2
-    res = {"machine": _machine(), "load_start": [round(x, 2) for x in os.getloadavg()], "command": " ".join(sys.argv),
+    res = {"machine": machine(), "load_start": [round(x, 2) for x in os.getloadavg()], "command": " ".join(sys.argv),
            "embedding": [], "search": [], "n_queries": args.n_queries, "k": args.k, "dim": args.dim,
            "repeats": args.repeats, "threads": torch.get_num_threads()}
     for size in [s for s in args.embed.split(",") if s]:
@@ -311,18 +313,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text + "\n")
     (args.out / "results.json").write_text(json.dumps(res, indent=1))
-
-
-def _machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 if __name__ == "__main__":

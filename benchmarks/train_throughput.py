@@ -57,6 +57,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
+from _machine import machine  # noqa: E402
 from _openclip import count_params, openclip_twin, require_open_clip  # noqa: E402
 
 # name: (timm model, image px, text layers, text hidden, frozen text layers, batch)
@@ -559,18 +560,6 @@ def markdown(results: dict) -> str:
                          f"{'-' if mem is None else f'{mem:.0f}'} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
