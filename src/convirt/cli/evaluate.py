@@ -285,7 +285,7 @@ def _localized(args) -> int:
 
 
 def _localisation(args) -> int:
-    import convirt
+    from convirt.cli.corpus import load_text_model
     from convirt.errors import ConfigError
     from convirt.evaluation.localisation import run_localisation, untrained_copy
 
@@ -293,11 +293,8 @@ def _localisation(args) -> int:
         raise ConfigError(f"{len(args.names)} --names for {len(args.models)} --models")
     models = {}
     for i, spec in enumerate(args.models):
-        folder = Path(spec) / "model" if (Path(spec) / "model" / "config.json").exists() else Path(spec)
-        model = convirt.load(folder)
-        if not model.has_text:
-            raise ConfigError(f"{spec} has no text encoder: words cannot point anywhere")
-        models[args.names[i] if args.names else model.meta.get("method", folder.parent.name)] = model
+        model = load_text_model(spec)  # a run or model folder, with a text tower
+        models[args.names[i] if args.names else model.meta.get("method", Path(spec).name)] = model
     if args.untrained:
         first = next(iter(models.values()))
         models[f"untrained {first.meta.get('method', 'model')}"] = untrained_copy(first)

@@ -31,19 +31,14 @@ def run(args) -> int:
 
     import numpy as np
 
-    import convirt
     from convirt.atomic import atomic_write_text
+    from convirt.cli.corpus import load_text_model
     from convirt.data.images import load_image, to_tensor
-    from convirt.errors import ConfigError
     from convirt.evaluation.attention import explain, for_display
     from convirt.evaluation.plots import plot_saliency
 
-    source = Path(args.model)
-    if (source / "model" / "config.json").exists():
-        source = source / "model"
-    model = convirt.load(source)
-    if not model.has_text:
-        raise ConfigError(f"{args.model} has no text encoder (image-only method): nothing to relate words to")
+    model = load_text_model(args.model)  # a run or model folder, with a text tower
+    source = args.model
     image = model.preprocess(to_tensor(load_image(args.image)))[None]
     result = explain(model, image, args.text, args.phrases)
     shown = for_display(result["maps"])
