@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from convirt.benchmark import BenchSize, check_claims, parse_methods, run_benchmark
+from convirt.benchmark import LOCALIZED_COLUMNS, BenchSize, check_claims, parse_methods, run_benchmark, run_localized_tasks
 from convirt.errors import ConfigError
 from tests.helpers import write_labelled_manifest
 
@@ -43,7 +43,11 @@ def test_claims_are_judged_on_the_numbers():
                       "random": {"0.01": stat(0.65), "1.0": stat(0.85)}},
            "text_to_image": {"convirt": {"P@10": 0.3}, "binary": {"P@10": 0.25}},
            "localisation": {"gloria": {"mass_inside": 0.3}, "untrained gloria": {"mass_inside": 0.15}},
-           "zeroshot": {"gloria": {"macro_auroc": 0.7}, "convirt": {"macro_auroc": 0.75}}}
+           "zeroshot": {"gloria": {"macro_auroc": 0.7}, "convirt": {"macro_auroc": 0.75}},
+           "localized": {"segment": {"finding": "Pneumothorax", "models": {"convirt": {"headline": 0.4},
+                                                                                "random": {"headline": 0.3}}},
+                         "detect": {"finding": "Pneumonia", "models": {"convirt": {"headline": 0.1},
+                                                                        "random": {"headline": 0.2}}}}}
     claims = {c["claim"]: c["holds"] for c in check_claims(doc)}
     assert claims["linear AUROC at 0.01: convirt > simclr"] is True
     assert claims["linear AUROC at 0.01: simclr > random"] is False
@@ -52,8 +56,35 @@ def test_claims_are_judged_on_the_numbers():
     assert claims["text->image P@10: convirt far above binary (>= 1.5x)"] is False
     assert claims["localisation: gloria's attention mass inside the finding >= 1.5x an untrained encoder's"] is True
     assert claims["zero-shot macro AUROC: gloria > convirt"] is False
+    assert claims["segment Dice (Pneumothorax): convirt > random"] is True
+    assert claims["detect mAP@0.5 (Pneumonia): convirt > random"] is False
 
 
 def test_unknown_methods_are_refused():
     with pytest.raises(ConfigError, match="unknown method"):
         parse_methods("convirt,simclrr")
+
+
+def test_localized_tasks_score_every_encoder_and_reuse_finished_ones(tmp_path):
+    from convirt.data.synthetic import generate
+    from convirt.evaluation.encoders import load_encoder
+
+    generate(tmp_path / "synth", n=60, seed=0, size=32, strength=3.0, workers=1, progress=False)
+    encoders = [load_encoder("random:resnet18", size=32, seed=s, name=n) for s, n in ((0, "random"), (1, "convirt"))]
+    spec = BenchSize(0, 1, 8, 1.0, (1.0,), (0,), localized_epochs=1, localized_fraction=1.0)
+    found = run_localized_tasks(encoders, tmp_path / "synth", tmp_path / "out", spec, 0, progress=False)
+    stamps = {}
+    for task, (key, _) in LOCALIZED_COLUMNS.items():
+        assert set(found[task]["models"]) == {"random", "convirt"}
+        for enc in encoders:
+            results = tmp_path / "out" / task / enc.name / "results.json"
+            run = json.loads(results.read_text())["models"][enc.name]["runs"][0]
+            assert run["fraction"] == 1.0 and run["epochs"] == 1
+            assert found[task]["models"][enc.name]["headline"] == run["test"][key]
+            stamps[results] = results.stat().st_mtime_ns
+    again = run_localized_tasks(encoders, tmp_path / "synth", tmp_path / "out", spec, 0, progress=False)
+    assert again == found and all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing trained twice
+    other = load_encoder("random:resnet18", size=32, seed=2, name="convirt")  # new weights under the same name
+    run_localized_tasks([other], tmp_path / "synth", tmp_path / "out", spec, 0, progress=False)
+    assert (tmp_path / "out" / "segment" / "convirt" / "results.json").stat().st_mtime_ns != \
+        stamps[tmp_path / "out" / "segment" / "convirt" / "results.json"]

@@ -13,7 +13,10 @@ captioning and contrastive-binary baselines, and image-only SimCLR / MoCo v2. He
   classification from one prompt per finding, image→report retrieval (Precision@10 by exact label
   agreement) and, on the synthetic data, the localisation check (does the finding's word point
   inside the finding's mask? :mod:`convirt.evaluation.localisation`), with an untrained copy of
-  each joint model as its random reference. GLoRIA models use their global + local similarity.
+  each joint model as its random reference. GLoRIA models use their global + local similarity;
+* on the synthetic data, also scored on the localized tasks of Müller et al. (ECCV 2022), encoder
+  fine-tuned: U-Net segmentation of one finding (Dice) and Faster R-CNN detection of another
+  (mAP@0.5), :mod:`convirt.evaluation.localized`, on the same split for every encoder.
 
 Runs are kept in ``OUT/runs/METHOD`` and resumed (``--resume``) when the benchmark is started
 again, so an interrupted benchmark loses at most one checkpoint interval. The claims of the issue
@@ -34,6 +37,7 @@ from convirt.errors import ConfigError
 
 BASELINE_SPECS = {"random": "random:{model}", "imagenet": "imagenet:{model}"}
 JOINT_COLUMNS = ("text→image P@10", "zero-shot AUROC", "image→report P@10", "loc. mass inside", "pointing game")
+LOCALIZED_TABLE = ("segment Dice", "detect mAP@0.5")
 # methods whose text tower is trained into the joint space (text->image retrieval is meaningful)
 JOINT_SPACE = ("convirt", "clip", "binary", "gloria")
 
@@ -46,11 +50,19 @@ class BenchSize:
     strength: float
     fractions: tuple[float, ...]
     seeds: tuple[int, ...]
+    localized_epochs: int = 0  # segmentation / detection fine-tuning epochs per encoder (0: not run)
+    localized_fraction: float = 0.1  # of the training labels: where Müller et al. find initialisation matters most
+
+
+# the findings of Müller et al. (2022): SIIM-ACR pneumothorax segmentation, RSNA pneumonia detection
+LOCALIZED_FINDINGS = {"segment": "Pneumothorax", "detect": "Pneumonia"}
+LOCALIZED_COLUMNS = {"segment": ("dice", "segment Dice"), "detect": ("map_50", "detect mAP@0.5")}
+LOCALIZED_PRECISION = {"segment": "bf16-mixed", "detect": "32-true"}  # torchvision's RoI ops: float32
 
 
 SIZES = {
-    "default": BenchSize(3000, 600, 64, 2.0, (0.01, 0.1, 1.0), (0, 1, 2)),  # the demo's budget per method
-    "small": BenchSize(800, 80, 32, 2.0, (0.1, 1.0), (0, 1)),
+    "default": BenchSize(3000, 600, 64, 2.0, (0.01, 0.1, 1.0), (0, 1, 2), 8),  # the demo's budget per method
+    "small": BenchSize(800, 80, 32, 2.0, (0.1, 1.0), (0, 1), 0),
 }
 
 
@@ -147,6 +159,8 @@ def run_benchmark(methods: list[str], out: str | Path, data: str = "synth", size
            "text_to_image": {n: m["text_to_image"]["mean"] for n, m in (retrieval or {"models": {}})["models"].items()
                              if m.get("text_to_image")}}
     doc.update(_joint_space(joint, test_only, out, settings, manifest if data == "synth" else None, seed, progress))
+    if data == "synth" and spec.localized_epochs:
+        doc["localized"] = run_localized_tasks(encoders, manifest.parent, out, spec, seed, progress)
     doc["claims"] = check_claims(doc)
     atomic_write_text(out / "benchmark.json", json.dumps(doc, indent=1, default=float))
     table = _table(doc)
@@ -182,6 +196,57 @@ def _joint_space(joint: list, data, out: Path, settings, synth_manifest: Path | 
     return found
 
 
+def run_localized_tasks(encoders: list, synth_root: Path, out: Path, spec: BenchSize, seed: int, progress: bool) -> dict:
+    """Fine-tuned segmentation and detection of every encoder (``spec.localized_fraction`` of the training
+    labels, one seed, every epoch of the budget: no early stopping), one folder per task and encoder.
+
+    A finished encoder is reused when its folder holds a result for the same weights and training
+    settings, so a restarted benchmark does not train it again. Findings are rare (12% of the
+    synthetic images), so half of the training draws show one (``positive_fraction`` 0.5).
+    """
+    from dataclasses import asdict
+
+    from convirt.data.synthetic import write_localized_manifest
+    from convirt.evaluation.localized import KINDS, default_config, load_localized
+    from convirt.evaluation.protocols import Settings
+
+    found: dict[str, dict] = {}
+    for task, finding in LOCALIZED_FINDINGS.items():
+        if task == "segment":
+            from convirt.evaluation.segmentation import run_segmentation as run
+        else:
+            from convirt.evaluation.detection import run_detection as run
+        data = load_localized(write_localized_manifest(synth_root, finding), KINDS[task])
+        settings = Settings(fractions=(spec.localized_fraction,), seeds=(seed,), cache_dir=out / "cache",
+                            progress=progress, n_boot=200)
+        cfg = default_config(False, max_epochs=spec.localized_epochs, patience=spec.localized_epochs,
+                             positive_fraction=0.5, precision=LOCALIZED_PRECISION[task])
+        key, _ = LOCALIZED_COLUMNS[task]
+        found[task] = {"finding": finding, "models": {}}
+        for enc in encoders:
+            folder = out / task / enc.name
+            result = _reusable(folder / "results.json", enc, asdict(cfg))
+            if result is None:
+                result = run([enc], data, folder, settings, cfg, freeze=False, overlays=8)
+            m = result["models"][enc.name]
+            run_ = m["runs"][0]
+            found[task]["models"][enc.name] = {**{k: run_["test"].get(k) for k in ("dice", "iou", "map_50", "map", "map_75")
+                                                  if k in run_["test"]}, "epochs": run_["epochs"],
+                                               "headline": run_["test"].get(key)}
+    return found
+
+
+def _reusable(results: Path, encoder, training: dict) -> dict | None:
+    """The stored result of ``encoder`` (same weights, same training settings), or None."""
+    if not results.is_file():
+        return None
+    doc = json.loads(results.read_text())
+    m = doc.get("models", {}).get(encoder.name)
+    if m is None or m["model"].get("fingerprint") != encoder.fingerprint() or doc.get("training") != training:
+        return None
+    return doc
+
+
 def _linear_table(linear: dict) -> dict:
     return {name: {key: v["macro_auroc"] for key, v in m["summary"].items()} for name, m in linear["models"].items()}
 
@@ -213,6 +278,13 @@ def check_claims(doc: dict) -> list[dict]:
         a, b = t2i["convirt"]["P@10"], t2i["binary"]["P@10"]
         claims.append({"claim": "text->image P@10: convirt far above binary (>= 1.5x)", "holds": a >= 1.5 * b,
                        "left": a, "right": b})
+    for task, (_, title) in LOCALIZED_COLUMNS.items():  # Müller et al.: pretrained init beats random on localized tasks
+        part = doc.get("localized", {}).get(task, {}).get("models", {})
+        for method in ("convirt", "gloria"):
+            if method in part and "random" in part and None not in (part[method]["headline"], part["random"]["headline"]):
+                a, b = part[method]["headline"], part["random"]["headline"]
+                claims.append({"claim": f"{title} ({doc['localized'][task]['finding']}): {method} > random",
+                               "holds": a > b, "left": a, "right": b})
     loc = doc.get("localisation", {})
     if "gloria" in loc and loc.get("untrained gloria", {}).get("mass_inside") is not None:
         a, b = loc["gloria"]["mass_inside"], loc["untrained gloria"]["mass_inside"]
@@ -240,6 +312,8 @@ def _table(doc: dict) -> pd.DataFrame:
         row["image→report P@10"] = doc.get("report_retrieval", {}).get(method, {}).get("P@10")
         row["loc. mass inside"] = doc.get("localisation", {}).get(method, {}).get("mass_inside")
         row["pointing game"] = doc.get("localisation", {}).get(method, {}).get("pointing")
+        for task, (_, title) in LOCALIZED_COLUMNS.items():
+            row[title] = doc.get("localized", {}).get(task, {}).get("models", {}).get(method, {}).get("headline")
         row["pretrain s"] = doc["pretrain_seconds"].get(method)
         rows[method] = row
     for name, m in doc.get("localisation", {}).items():  # the references: untrained copy, uniform map
@@ -250,12 +324,13 @@ def _table(doc: dict) -> pd.DataFrame:
 
 def render(doc: dict, table: pd.DataFrame) -> str:
     fr = [f"AUROC @{100 * f:g}%" for f in doc["spec"]["fractions"]]
+    columns = [*JOINT_COLUMNS, *(LOCALIZED_TABLE if doc.get("localized") else ())]
     lines = ["# Benchmark: every initialisation, same budget, same evaluation", "",
              f"Size `{doc['size']}`: {doc['spec']['n_images']} synthetic radiographs, {doc['spec']['max_steps']} steps of "
              f"batch {doc['spec']['batch_size']} per method; linear-probe test macro AUROC (mean ± std over seeds "
              f"{list(doc['spec']['seeds'])}), text→image P@10 with negation-aware queries.", "",
-             "| method | " + " | ".join(fr) + " | " + " | ".join(JOINT_COLUMNS) + " | pretrain s |",
-             "|---|" + "---|" * (len(fr) + len(JOINT_COLUMNS) + 1)]
+             "| method | " + " | ".join(fr) + " | " + " | ".join(columns) + " | pretrain s |",
+             "|---|" + "---|" * (len(fr) + len(columns) + 1)]
     num = lambda v: "–" if v is None or pd.isna(v) else f"{v:.3f}"  # noqa: E731
     for method, row in table.iterrows():
         cells = []
@@ -263,7 +338,7 @@ def render(doc: dict, table: pd.DataFrame) -> str:
             v, sd = row.get(c), row.get(f"{c} std")
             cells.append("–" if v is None or pd.isna(v) else f"{v:.3f}" + ("" if sd is None or pd.isna(sd) else f" ± {sd:.3f}"))
         secs = row.get("pretrain s")
-        cells += [num(row.get(c)) for c in JOINT_COLUMNS] + ["–" if secs is None or pd.isna(secs) else f"{secs:.0f}"]
+        cells += [num(row.get(c)) for c in columns] + ["–" if secs is None or pd.isna(secs) else f"{secs:.0f}"]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "## The paper's claims on this data", ""]
     for c in doc["claims"]:
@@ -272,8 +347,18 @@ def render(doc: dict, table: pd.DataFrame) -> str:
         lines.append(f"- {c['claim']}: **{verdict}**{nums}")
     lines += ["", "Zero-shot: macro AUROC from one prompt per finding; image→report: P@10 by exact label agreement "
               "among the test reports; localisation: the finding word's map (GLoRIA attention, else Grad-CAM of the "
-              "image-sentence similarity) inside the finding's mask, with an untrained copy and a uniform map as references.",
-              "", "Details: [linear/results.md](linear/results.md), [retrieval/results.md](retrieval/results.md), "
-              "[zeroshot/results.md](zeroshot/results.md), [report_retrieval/results.md](report_retrieval/results.md), "
-              "[localisation/results.md](localisation/results.md)."]
+              "image-sentence similarity) inside the finding's mask, with an untrained copy and a uniform map as references."]
+    details = ["[linear/results.md](linear/results.md)", "[retrieval/results.md](retrieval/results.md)",
+               "[zeroshot/results.md](zeroshot/results.md)", "[report_retrieval/results.md](report_retrieval/results.md)",
+               "[localisation/results.md](localisation/results.md)"]
+    if doc.get("localized"):
+        seg, det = doc["localized"].get("segment", {}), doc["localized"].get("detect", {})
+        lines += ["", f"Localized tasks (encoder fine-tuned, {100 * doc['spec']['localized_fraction']:g}% of the "
+                  f"training labels, seed {doc['seed']}, {doc['spec']['localized_epochs']} epochs, half the "
+                  f"training draws showing the finding): "
+                  f"U-Net segmentation of {seg.get('finding', '–')} (test Dice, pixels pooled) and Faster R-CNN "
+                  f"detection of {det.get('finding', '–')} (test mAP@0.5)."]
+        details += [f"[{t}/{name}/results.md]({t}/{name}/results.md)" for t in doc["localized"]
+                    for name in doc["localized"][t]["models"]]
+    lines += ["", "Details: " + ", ".join(details) + "."]
     return "\n".join(lines) + "\n"

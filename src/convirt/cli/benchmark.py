@@ -11,7 +11,8 @@ def register(subparsers) -> None:
         description="Pretrains each method (same preset, steps and batch size), evaluates every encoder with\n"
         "the same linear probes on the same pinned label-fraction subsets and, for joint-space methods,\n"
         "text->image retrieval, zero-shot classification, image->report retrieval and (synthetic data)\n"
-        "the localisation check; writes benchmark.md/.csv/.json and checks the paper's claims on the numbers.\n"
+        "the localisation check, and (synthetic data, default size) fine-tuned segmentation and detection;\n"
+        "writes benchmark.md/.csv/.json and checks the paper's claims on the numbers.\n"
         "Started again on the same --out, finished runs are reused and unfinished ones resumed.",
         epilog="example:\n  convirt benchmark --methods random,simclr,mocov2,binary,caption-transformer,convirt,gloria --data synth",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -19,7 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--data", default="synth", help="'synth' (generated) or a manifest with image, text, split, labels")
     p.add_argument("--labels", nargs="+", help="label columns for the probes (default for synth: the 8 findings)")
     p.add_argument("--size", choices=["default", "small"], default="default",
-                   help="default: 3,000 images, 600 steps per method; small: 800 images, 80 steps")
+                   help="default: 3,000 images, 600 steps per method, segmentation and detection at 10%% of the "
+                        "labels; small: 800 images, 80 steps, no localized tasks")
     p.add_argument("--image-model", default="resnet18", help="timm image tower for every method (default resnet18)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every method's pretraining")
