@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from convirt.benchmark import LOCALIZED_COLUMNS, BenchSize, check_claims, parse_methods, run_benchmark, run_localized_tasks
+from convirt.benchmark import (LOCALIZED_COLUMNS, BenchSize, check_claims, moco_queue_size, parse_methods, run_benchmark,
+                               run_localized_tasks)
 from convirt.errors import ConfigError
 from tests.helpers import write_labelled_manifest
 
@@ -18,10 +19,12 @@ TINY = ["image.size=32", "text.model=scratch", "text.freeze_layers=0", "text.max
 def test_tiny_benchmark_writes_the_table_and_reuses_finished_runs(tmp_path):
     manifest = write_labelled_manifest(tmp_path / "d", {"train": 24, "valid": 8, "test": 16})
     size = BenchSize(0, 4, 8, 1.0, (0.5, 1.0), (0, 1))
-    doc = run_benchmark(["random", "convirt", "gloria"], tmp_path / "out", str(manifest), size, labels=["bright"],
-                        progress=False, overrides=TINY)
+    doc = run_benchmark(["random", "convirt", "gloria", "mocov2"], tmp_path / "out", str(manifest), size,
+                        labels=["bright"], progress=False, overrides=TINY)
     table = pd.read_csv(tmp_path / "out" / "benchmark.csv", index_col="method")
-    assert list(table.index) == ["random", "convirt", "gloria"]
+    assert list(table.index) == ["random", "convirt", "gloria", "mocov2"]
+    # MoCo's queue was fitted to the 24 training images (its default, 4,096, would be refused)
+    assert "queue_size: 8" in (tmp_path / "out" / "runs" / "mocov2" / "config.yaml").read_text()
     reports = json.loads((tmp_path / "out" / "report_retrieval" / "results.json").read_text())["models"]
     assert reports["gloria"]["similarity"] == "both" and reports["convirt"]["similarity"] == "global"
     assert table.loc["gloria", "image→report P@10"] == pytest.approx(reports["gloria"]["P@10"])
@@ -30,8 +33,8 @@ def test_tiny_benchmark_writes_the_table_and_reuses_finished_runs(tmp_path):
     assert table.loc["convirt", "AUROC @50%"] == pytest.approx(linear["models"]["convirt"]["summary"]["0.5"]["macro_auroc"]["mean"])
     assert doc["pretrain"]["convirt"]["global_step"] == 4
     assert {c["claim"]: c["holds"] for c in doc["claims"]}["linear AUROC at 0.5: convirt > simclr"] is None
-    again = run_benchmark(["random", "convirt", "gloria"], tmp_path / "out", str(manifest), size, labels=["bright"],
-                          progress=False, overrides=TINY)
+    again = run_benchmark(["random", "convirt", "gloria", "mocov2"], tmp_path / "out", str(manifest), size,
+                          labels=["bright"], progress=False, overrides=TINY)
     assert again["pretrain"]["convirt"]["reused"] is True
     assert again["pretrain_seconds"]["convirt"] == doc["pretrain"]["convirt"]["fit_seconds"]  # not the reuse time
 
@@ -88,3 +91,10 @@ def test_localized_tasks_score_every_encoder_and_reuse_finished_ones(tmp_path):
     run_localized_tasks([other], tmp_path / "synth", tmp_path / "out", spec, 0, progress=False)
     assert (tmp_path / "out" / "segment" / "convirt" / "results.json").stat().st_mtime_ns != \
         stamps[tmp_path / "out" / "segment" / "convirt" / "results.json"]
+
+
+def test_moco_queue_fits_the_training_set():
+    assert moco_queue_size(2110, 64) == 1024  # the default size's 2,110 training images: half is 1,055
+    assert moco_queue_size(560, 32) == 256
+    assert moco_queue_size(40, 32) == 32  # never shorter than a batch (MoCo enqueues whole batches)
+    assert moco_queue_size(1_281_167, 256) == 65536  # ImageNet: MoCo v2's own queue

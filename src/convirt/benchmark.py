@@ -98,10 +98,30 @@ def _pretrain(method: str, manifest: Path, out: Path, spec: BenchSize, seed: int
             return {**summary, "reused": True}
     cfg = load_config("demo", [f"method={method}", f"data.train={manifest}", f"trainer.out_dir={out}",
                                f"trainer.max_steps={spec.max_steps}", f"data.batch_size={spec.batch_size}",
-                               f"trainer.seed={seed}", f"trainer.progress_bar={str(progress).lower()}", *overrides])
+                               f"trainer.seed={seed}", f"trainer.progress_bar={str(progress).lower()}",
+                               *_fitted_defaults(method, manifest, spec), *overrides])
     start = time.time()
     summary = pretrain(cfg, resume=(out / "checkpoints").is_dir())
     return {**summary, "wall_s": round(time.time() - start, 1)}
+
+
+def moco_queue_size(n_train: int, batch_size: int) -> int:
+    """MoCo v2's queue for the benchmark's training set: the largest power of two <= half the set, at most
+    MoCo v2's 65,536 keys (5% of ImageNet's 1.28M images) and at least one batch. ``ssl.queue_size``'s
+    default, 4,096, exceeds small sets (2,110 training images at the default size), where the queue
+    would hold older keys of the very images it contrasts."""
+    return max(batch_size, min(65536, 2 ** max(0, int(n_train // 2).bit_length() - 1)))
+
+
+def _fitted_defaults(method: str, manifest: Path, spec: BenchSize) -> list[str]:
+    """Overrides the data set's size calls for (the user's ``--set`` come after and win)."""
+    if method != "mocov2":
+        return []
+    from convirt.data.manifest import read_manifest
+
+    df = read_manifest(manifest)
+    n_train = int((df["split"] == "train").sum()) if "split" in df else len(df)
+    return [f"ssl.queue_size={moco_queue_size(n_train, spec.batch_size)}"]
 
 
 def run_benchmark(methods: list[str], out: str | Path, data: str = "synth", size: str | BenchSize = "default", seed: int = 0,
