@@ -258,9 +258,9 @@ class DataConfig:
         _check(self.batch_size >= 2, "data.batch_size", "must be >= 2 (a contrastive batch needs negatives)", self.batch_size)
         _check(self.image_cache is None or (Path(self.image_cache) / "index.json").is_file(), "data.image_cache",
                "must be a folder written by `convirt data cache MANIFEST --out DIR`", self.image_cache)
-        _check(self.shards is None or (Path(self.shards) / "index.json").is_file(), "data.shards",
-               "must be a complete folder written by `convirt data shard MANIFEST --out DIR` (index.json missing)",
-               self.shards)
+        _check(self.shards is None or "://" in str(self.shards) or (Path(self.shards) / "index.json").is_file(),
+               "data.shards", "must be a complete folder written by `convirt data shard MANIFEST --out DIR` "
+               "(index.json missing), or the URL of one (s3://, gs://, https://: checked when opened)", self.shards)
         _check(self.shard_shuffle_buffer >= 1, "data.shard_shuffle_buffer", "must be >= 1", self.shard_shuffle_buffer)
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
 

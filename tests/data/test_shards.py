@@ -274,3 +274,31 @@ def test_pretraining_from_shards_without_the_image_files_resumes_where_it_stoppe
     expected = [[s["row"] for s in b] for b in islice(expected, 4)]
     assert first.seen == expected[:3] and second.seen == expected[2:]  # the resumed run took the unseen samples
     assert sorted(sum(expected, [])) == list(range(1, 17))  # 4 batches of 4 = one epoch: every row once
+
+
+def test_shards_stream_from_an_object_store_url_as_from_the_folder(manifest, tmp_path):
+    """fsspec's in-memory file system stands in for s3:// / gs:// (same fsspec calls, nothing on the network)."""
+    import fsspec
+
+    from convirt.config import load_config
+
+    folder = tmp_path / "shards"
+    write_shards(manifest, folder, size=32, samples_per_shard=5, progress=False)
+    fs = fsspec.filesystem("memory")
+    url = f"memory://bucket-{tmp_path.name}/shards"
+    try:
+        for f in folder.iterdir():
+            fs.pipe(f"{url}/{f.name}", f.read_bytes())
+        local, remote = epoch_samples(folder, epoch=1), epoch_samples(url, epoch=1)
+        assert [(e, i) for e, i, _ in remote] == [(e, i) for e, i, _ in local]
+        assert [stored(r) for _, _, r in remote] == [stored(r) for _, _, r in local]
+        cfg = load_config("demo", [f"data.train={manifest}", f"data.shards={url}"])  # a URL passes the local check
+        assert cfg.data.shards == url
+
+        fs.pipe(f"{url}/train-000001.tar", (folder / "train-000001.tar").read_bytes()[:-512])  # a truncated upload
+        with pytest.raises(DataError, match=r"memory://.*/train-000001.tar is \d+ bytes, the index says"):
+            ShardSet(url)
+    finally:
+        fs.rm(f"bucket-{tmp_path.name}", recursive=True)
+    with pytest.raises(ConvirtError, match=r"cannot be opened.*pip install"):
+        ShardSet("nosuchprotocol://bucket/shards")

@@ -18,7 +18,10 @@ half-written set is never read.
 
 Reading (``data.shards`` in the training config, :class:`ShardPairStream`) is a deterministic
 stream; see :meth:`ShardSet.plan` for the split and shuffle and :class:`ShardPairStream` for how
-batches are formed and how a resumed run skips what it has already seen.
+batches are formed and how a resumed run skips what it has already seen. ``data.shards`` is a local
+folder or any URL fsspec opens (``s3://bucket/shards``, ``gs://...``, ``https://host/shards``, with
+that protocol's fsspec package installed, e.g. ``s3fs``): every node streams the shards it is given
+from the object store, checked against the index as they arrive.
 """
 
 from __future__ import annotations
@@ -54,6 +57,23 @@ VERSION = 1
 ENCODINGS = ("npy", "png")
 SPLITS = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
 _REWRITE = "rewrite the shard set with `convirt data shard MANIFEST --out DIR`"
+
+
+def is_url(location: str | Path) -> bool:
+    """``s3://...``, ``memory://...``, ``https://...``: a location fsspec opens, not a local path."""
+    return "://" in str(location)
+
+
+def open_location(location: str):
+    """(fsspec file system, root path inside it) of a local folder or a URL; a clear error when the
+    protocol's fsspec package (s3fs, gcsfs, adlfs ...) is not installed."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(location)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"data.shards {location!r} cannot be opened: {err}. Install the fsspec package of that "
+                          "protocol (e.g. `pip install s3fs` for s3://, `gcsfs` for gs://) or give a local folder") from None
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -227,14 +247,16 @@ class ShardSet:
     """
 
     def __init__(self, folder: str | Path, rows: Iterable[int] | None = None) -> None:
-        self.folder = Path(folder)
-        index_file = self.folder / "index.json"
-        if not index_file.is_file():
+        self.folder = str(folder).rstrip("/")
+        self.fs, self._root = open_location(self.folder)
+        index_file = self.path("index.json")
+        if not self.fs.isfile(self._member("index.json")):
             raise DataError(f"{index_file} is missing: {self.folder} is not a complete shard set (an interrupted "
                             f"`convirt data shard` writes the index last); {_REWRITE}")
         try:
-            index = json.loads(index_file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            with self.fs.open(self._member("index.json"), "rb") as f:
+                index = json.loads(f.read().decode("utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(f"{index_file} is unreadable ({err}); {_REWRITE}") from None
         if index.get("format") != FORMAT or index.get("version") != VERSION:
             raise DataError(f"{index_file}: not a version-{VERSION} convirt shard index; {_REWRITE}")
@@ -243,11 +265,11 @@ class ShardSet:
         self.shards: list[dict] = index["shards"]
         self.failed: dict[str, dict[str, str]] = index["failed"]
         for shard in self.shards:  # cheap checks at start; the sha256 is checked as each shard is read
-            path = self.folder / shard["name"]
-            if not path.is_file():
+            path, member = self.path(shard["name"]), self._member(shard["name"])
+            if not self.fs.isfile(member):
                 raise DataError(f"shard {path} is missing (listed in {index_file}); {_REWRITE}")
-            if path.stat().st_size != shard["bytes"]:
-                raise DataError(f"shard {path} is {path.stat().st_size} bytes, the index says {shard['bytes']} "
+            if (size := self.fs.size(member)) != shard["bytes"]:
+                raise DataError(f"shard {path} is {size} bytes, the index says {shard['bytes']} "
                                 f"(truncated or replaced); {_REWRITE}")
         keep = None if rows is None else set(rows)
         shard_of, member_of, row_of = [], [], []
@@ -263,6 +285,13 @@ class ShardSet:
 
     def __len__(self) -> int:
         return len(self.row_of)
+
+    def path(self, name: str) -> str:
+        """A member's location as the user wrote the set's (for messages)."""
+        return f"{self.folder}/{name}"
+
+    def _member(self, name: str) -> str:
+        return f"{self._root}/{name}" if self._root else name
 
     @property
     def all_rows(self) -> set[int]:
@@ -342,11 +371,11 @@ class ShardSet:
         from webdataset.tariterators import group_by_keys, tar_file_expander
 
         shard = self.shards[k]
-        path = self.folder / shard["name"]
+        path = self.path(shard["name"])
         try:
-            f = open(path, "rb")
+            f = self.fs.open(self._member(shard["name"]), "rb")
         except OSError as err:
-            raise DataError(f"shard {path} cannot be read ({err.strerror}); {_REWRITE}") from None
+            raise DataError(f"shard {path} cannot be read ({err.strerror or err}); {_REWRITE}") from None
         with f:
             reader = _HashingReader(f)
             j = 0
@@ -364,7 +393,7 @@ class ShardSet:
         if j != shard["n"]:
             raise DataError(f"shard {path} holds {j} samples, the index says {shard['n']}; {_REWRITE}")
         if digest != shard["sha256"]:
-            raise DataError(f"shard {path} does not match its sha256 in {self.folder / 'index.json'} (corrupted); {_REWRITE}")
+            raise DataError(f"shard {path} does not match its sha256 in {self.path('index.json')} (corrupted); {_REWRITE}")
 
 
 class _SampleImages:
