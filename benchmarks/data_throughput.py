@@ -117,6 +117,7 @@ def stage_table(manifest: Path, cache_dir: Path, shard_dir: Path, limit: int, ca
     shard_set = ShardSet(shard_dir)
     n_stream = min(len(paths), len(shard_set))
     transform = train_transform(train_size)
+    fused = train_transform(train_size, fused=True)  # the same views, crop + flip + affine as one resampling
     from torchvision.transforms import v2
 
     from convirt.data.transforms import SeparableGaussianBlur
@@ -148,6 +149,9 @@ def stage_table(manifest: Path, cache_dir: Path, shard_dir: Path, limit: int, ca
         "decode + train transform with torchvision's GaussianBlur (files)":
             _time(lambda f: stock(to_tensor(full_decode(f))), files, repeats),
         "cache + train transform": _time(lambda k: transform(to_tensor(cache.load(k))), paths, repeats),
+        "decode + fused train transform (files, augment.fused)": _time(lambda f: fused(to_tensor(full_decode(f))), files,
+                                                                       repeats),
+        "cache + fused train transform (augment.fused)": _time(lambda k: fused(to_tensor(cache.load(k))), paths, repeats),
         "shards + train transform": _time(stream(lambda x: transform(to_tensor(x))), [None], repeats) * n_stream,
     }
     return {"images_per_s": rows, "n": len(paths), "suffixes": sorted({Path(p).suffix for p in paths}),
@@ -173,6 +177,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="passes per stage; the best is kept (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the main process (default torch's)")
     p.add_argument("--quick", action="store_true", help="8 batches, workers 0 and 2, a 150-image stage table")
+    p.add_argument("--fused", action="store_true", help="loaders with augment.fused (one resampling for crop, flip, affine)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "data_throughput")
     args = p.parse_args()
     if args.quick:
@@ -213,7 +218,8 @@ def main() -> None:
 
     def cfg_for(source: str):
         overrides = [f"data.train={manifest}", f"image.size={args.train_size}", f"data.batch_size={args.batch_size}",
-                     "data.check_images=false", f"text.sampling={args.text_sampling}", "trainer.progress_bar=false"]
+                     "data.check_images=false", f"text.sampling={args.text_sampling}", "trainer.progress_bar=false",
+                     f"augment.fused={str(args.fused).lower()}"]
         if source == "cache":
             overrides.append(f"data.image_cache={work / 'cache'}")
         if source == "shards":
@@ -241,7 +247,8 @@ def main() -> None:
                          args.repeats) if write_shards is not None else {}
 
     lines = [f"Input pipeline, samples/s ({args.batch_size}-sample batches, {args.train_size} px crops, text.sampling "
-             f"{args.text_sampling}; cache/shards at {args.cache_size} px; {torch.get_num_threads()} main-process threads; "
+             f"{args.text_sampling}; cache/shards at {args.cache_size} px; augment.fused {str(args.fused).lower()}; "
+             f"{torch.get_num_threads()} main-process threads; "
              f"load average {os.getloadavg()[0]:.1f}):", "",
              "| source | " + " | ".join(f"{w} workers" for w in workers) + " |", "|---|" + "---|" * len(workers)]
     for source, rates in loader_rows.items():
@@ -260,7 +267,7 @@ def main() -> None:
     (args.out / "results.md").write_text(text + "\n")
     (args.out / "results.json").write_text(json.dumps(
         {"loader_samples_per_s": loader_rows, "stages": stages, "batch_size": args.batch_size, "train_size": args.train_size,
-         "cache_size": args.cache_size, "text_sampling": args.text_sampling, "manifest": str(args.manifest or "synthetic"),
+         "cache_size": args.cache_size, "text_sampling": args.text_sampling, "fused": args.fused, "manifest": str(args.manifest or "synthetic"),
          "threads": torch.get_num_threads(), "load_end": os.getloadavg(), "command": " ".join(sys.argv)}, indent=1))
 
 

@@ -145,3 +145,63 @@ def test_training_views_match_the_torchvision_composition():
         got = t(image)
         torch.manual_seed(seed)
         torch.testing.assert_close(got, reference(image), rtol=0, atol=1e-5)
+
+
+def _smooth_image(height: int = 256, width: int = 300) -> torch.Tensor:
+    """Two blobs on a ramp: every crop, flip and rotation of it looks different."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    img = 0.5 + 0.3 * torch.exp(-((xx - 0.3) ** 2 + (yy + 0.2) ** 2) / 0.1) \
+        - 0.2 * torch.exp(-((xx + 0.4) ** 2 + (yy - 0.3) ** 2) / 0.05) + 0.1 * xx
+    return img[None].clamp(0, 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fused_transform_draws_the_same_views_as_the_composition(seed):
+    """Same seed -> same crop, flip, affine, jitter and blur: the views agree up to interpolation,
+    except in the one-pixel band along the rotated frame's edge."""
+    from convirt.data.transforms import FusedTrainTransform
+
+    image = _smooth_image()
+    reference, fused = train_transform(), train_transform(fused=True)
+    assert isinstance(fused, FusedTrainTransform)
+    torch.manual_seed(seed)
+    want = reference(image)
+    torch.manual_seed(seed)
+    got = fused(image)
+    assert got.shape == want.shape == (1, 224, 224)
+    diff = (got - want).abs()
+    assert diff.mean() < 0.005
+    assert (diff > 0.05).float().mean() < 0.01  # the frame-edge band: at most ~2 px of 224 per side
+    assert torch.rand(1).item() == pytest.approx(_next_draw_after(reference, image, seed))  # same number of draws
+
+
+def _next_draw_after(transform, image, seed: int) -> float:
+    torch.manual_seed(seed)
+    transform(image)
+    return torch.rand(1).item()
+
+
+def test_fused_transform_antialiases_a_large_source_like_torchvision():
+    """A 1-px checkerboard shrunk ~3x: torchvision's antialiased resize averages it to grey; sampling
+    it bilinearly without the prefilter would alias into a pattern."""
+    board = ((torch.arange(900)[:, None] + torch.arange(900)[None, :]) % 2).float()[None]
+    reference, fused = train_transform(blur_sigma=(0.1, 0.1)), train_transform(blur_sigma=(0.1, 0.1), fused=True)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        want = reference(board)
+        torch.manual_seed(seed)
+        got = fused(board)
+        inner = (slice(None), slice(40, -40), slice(40, -40))  # inside the frame whatever the affine
+        assert got[inner].std() <= want[inner].std() + 0.05
+        assert (got[inner].mean() - want[inner].mean()).abs() < 0.05
+
+
+def test_fused_transform_is_a_config_switch_and_refuses_integer_images():
+    from convirt.config import load_config
+    from convirt.data.transforms import FusedTrainTransform
+
+    cfg = load_config("paper", ["augment.fused=true"])
+    assert isinstance(build_transforms(cfg, train=True), FusedTrainTransform)
+    assert not isinstance(build_transforms(load_config("paper"), train=True), FusedTrainTransform)
+    with pytest.raises(TypeError, match="float"):
+        train_transform(fused=True)(torch.zeros(1, 64, 64, dtype=torch.uint8))
