@@ -47,6 +47,7 @@ def test_claims_are_judged_on_the_numbers():
            "text_to_image": {"convirt": {"P@10": 0.3}, "binary": {"P@10": 0.25}},
            "localisation": {"gloria": {"mass_inside": 0.3}, "untrained gloria": {"mass_inside": 0.15}},
            "zeroshot": {"gloria": {"macro_auroc": 0.7}, "convirt": {"macro_auroc": 0.75}},
+           "report_retrieval": {"convirt": {"P@10": 0.26}, "binary": {"P@10": 0.11}},
            "localized": {"segment": {"finding": "Pneumothorax", "models": {"convirt": {"headline": 0.4},
                                                                                 "random": {"headline": 0.3}}},
                          "detect": {"finding": "Pneumonia", "models": {"convirt": {"headline": 0.1},
@@ -57,6 +58,7 @@ def test_claims_are_judged_on_the_numbers():
     assert claims["linear AUROC at 0.01: convirt > mocov2"] is None
     assert claims["convirt at 0.1 of the labels >= random at 1"] is False
     assert claims["text->image P@10: convirt far above binary (>= 1.5x)"] is False
+    assert claims["image->report P@10: convirt far above binary (>= 1.5x)"] is True
     assert claims["localisation: gloria's attention mass inside the finding >= 1.5x an untrained encoder's"] is True
     assert claims["zero-shot macro AUROC: gloria > convirt"] is False
     assert claims["segment Dice (Pneumothorax): convirt > random"] is True

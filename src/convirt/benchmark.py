@@ -298,6 +298,11 @@ def check_claims(doc: dict) -> list[dict]:
         a, b = t2i["convirt"]["P@10"], t2i["binary"]["P@10"]
         claims.append({"claim": "text->image P@10: convirt far above binary (>= 1.5x)", "holds": a >= 1.5 * b,
                        "left": a, "right": b})
+    reports = doc.get("report_retrieval", {})  # the same joint space, one query per test image, not one per finding
+    if "convirt" in reports and "binary" in reports and None not in (reports["convirt"]["P@10"], reports["binary"]["P@10"]):
+        a, b = reports["convirt"]["P@10"], reports["binary"]["P@10"]
+        claims.append({"claim": "image->report P@10: convirt far above binary (>= 1.5x)", "holds": a >= 1.5 * b,
+                       "left": a, "right": b})
     for task, (_, title) in LOCALIZED_COLUMNS.items():  # Müller et al.: pretrained init beats random on localized tasks
         part = doc.get("localized", {}).get(task, {}).get("models", {})
         for method in ("convirt", "gloria"):
