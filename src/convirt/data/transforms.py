@@ -157,7 +157,7 @@ class FusedTrainTransform(nn.Module):
     interpolation (one bilinear pass instead of two) and in a one-pixel band along the rotated
     frame's edge (tested). A crop that shrinks by more than 1.25x is first resized with
     antialiasing, as torchvision's resize would filter it, so large source images do not alias.
-    From a 256 px cache it is about 1.6x faster than the composition (benchmarks/RESULTS.md).
+    From a 256 px cache it is 1.2-1.6x faster than the composition (benchmarks/RESULTS.md).
     """
 
     PREFILTER = 1.25  # shrink factor above which the source is antialiased before sampling
