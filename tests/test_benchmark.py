@@ -39,6 +39,31 @@ def test_tiny_benchmark_writes_the_table_and_reuses_finished_runs(tmp_path):
     assert again["pretrain_seconds"]["convirt"] == doc["pretrain"]["convirt"]["fit_seconds"]  # not the reuse time
 
 
+@pytest.fixture
+def one_thread():
+    """This process at one torch thread, like each side-by-side job on 2 cores: same arithmetic, same numbers."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_side_by_side_pretraining_gives_the_numbers_of_runs_in_turn(tmp_path, one_thread):
+    manifest = write_labelled_manifest(tmp_path / "d", {"train": 24, "valid": 8, "test": 16})
+    size = BenchSize(0, 4, 8, 1.0, (1.0,), (0,))
+    kw = dict(data=str(manifest), size=size, labels=["bright"], progress=False, overrides=TINY)
+    in_turn = run_benchmark(["random", "convirt", "simclr"], tmp_path / "in_turn", jobs=1, **kw)
+    side = run_benchmark(["random", "convirt", "simclr"], tmp_path / "side", jobs=2, **kw)
+    assert in_turn["parallel"] == {"processes": 1, "threads": None}
+    assert side["parallel"] == {"processes": 2, "threads": 1}
+    for method in ("convirt", "simclr"):
+        assert side["pretrain"][method]["global_step"] == 4
+        assert side["pretrain"][method]["metrics"] == in_turn["pretrain"][method]["metrics"]
+    assert side["linear"] == in_turn["linear"]
+
+
 def test_claims_are_judged_on_the_numbers():
     stat = lambda m: {"mean": m, "std": 0.01}  # noqa: E731
     doc = {"spec": {"fractions": [0.01, 0.1, 1.0]},
@@ -93,6 +118,18 @@ def test_localized_tasks_score_every_encoder_and_reuse_finished_ones(tmp_path):
     run_localized_tasks([other], tmp_path / "synth", tmp_path / "out", spec, 0, progress=False)
     assert (tmp_path / "out" / "segment" / "convirt" / "results.json").stat().st_mtime_ns != \
         stamps[tmp_path / "out" / "segment" / "convirt" / "results.json"]
+
+
+def test_localized_tasks_side_by_side_give_the_numbers_of_runs_in_turn(tmp_path, one_thread):
+    from convirt.data.synthetic import generate
+    from convirt.evaluation.encoders import load_encoder
+
+    generate(tmp_path / "synth", n=60, seed=0, size=32, strength=3.0, workers=1, progress=False)
+    encoders = [load_encoder("random:resnet18", size=32, seed=1, name="convirt")]  # a job per task
+    spec = BenchSize(0, 1, 8, 1.0, (1.0,), (0,), localized_epochs=1, localized_fraction=1.0)
+    in_turn = run_localized_tasks(encoders, tmp_path / "synth", tmp_path / "a", spec, 0, progress=False, jobs=1)
+    side = run_localized_tasks(encoders, tmp_path / "synth", tmp_path / "b", spec, 0, progress=False, jobs=2)
+    assert side == in_turn  # each encoder travelled to its job's process whole
 
 
 def test_moco_queue_fits_the_training_set():

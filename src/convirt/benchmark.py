@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from convirt.atomic import atomic_write_text
 from convirt.errors import ConfigError
+from convirt.parallel import plan, run_jobs
 
 BASELINE_SPECS = {"random": "random:{model}", "imagenet": "imagenet:{model}"}
 JOINT_COLUMNS = ("text→image P@10", "zero-shot AUROC", "image→report P@10", "loc. mass inside", "pointing game")
@@ -126,8 +127,12 @@ def _fitted_defaults(method: str, manifest: Path, spec: BenchSize) -> list[str]:
 
 def run_benchmark(methods: list[str], out: str | Path, data: str = "synth", size: str | BenchSize = "default", seed: int = 0,
                   labels: list[str] | None = None, image_model: str = "resnet18", progress: bool = True,
-                  overrides: list[str] | None = None) -> dict:
-    """Pretrain each method, evaluate all, write ``benchmark.md`` / ``benchmark.json`` / ``benchmark.csv``."""
+                  overrides: list[str] | None = None, jobs: int | str = 1) -> dict:
+    """Pretrain each method, evaluate all, write ``benchmark.md`` / ``benchmark.json`` / ``benchmark.csv``.
+
+    ``jobs``: pretraining and localized fine-tuning runs side by side (:mod:`convirt.parallel`;
+    ``"auto"``: one per CPU core without a GPU). Side by side, each run reads its data in its own
+    process (``data.num_workers=0``: the cores are taken); evaluation runs here, in turn."""
     from convirt.data.synthetic import FINDINGS
     from convirt.demo import generate_once
     from convirt.evaluation.encoders import load_encoder
@@ -151,17 +156,16 @@ def run_benchmark(methods: list[str], out: str | Path, data: str = "synth", size
         labels = labels or [f for f in FINDINGS if f != "No Finding"]
     else:
         manifest = Path(data)
-    timings, summaries, encoders = {}, {}, []
-    for method in methods:
-        if method in BASELINE_SPECS:
-            encoders.append(load_encoder(BASELINE_SPECS[method].format(model=image_model), size=image_size, seed=seed,
-                                         name=method))
-            continue
-        t0 = time.time()
-        summaries[method] = _pretrain(method, manifest, out / "runs" / method, spec, seed, progress, overrides)
-        # a reused run reports the training time it took, not the time it took to find it
-        timings[method] = summaries[method]["fit_seconds"] if summaries[method].get("reused") else round(time.time() - t0, 1)
-        encoders.append(load_encoder(str(out / "runs" / method), name=method))
+    trained = [m for m in methods if m not in BASELINE_SPECS]
+    processes, threads = plan(jobs, len(trained))
+    side_by_side = ["data.num_workers=0"] if processes > 1 else []
+    summaries = run_jobs([(m, _pretrain, (m, manifest, out / "runs" / m, spec, seed, progress and processes == 1,
+                                          [*side_by_side, *overrides])) for m in trained],
+                         processes, threads, progress, "pretraining")
+    # a reused run reports the training time it took, not the time it took to find it
+    timings = {m: s["fit_seconds"] if s.get("reused") else s["wall_s"] for m, s in summaries.items()}
+    encoders = [load_encoder(BASELINE_SPECS[m].format(model=image_model), size=image_size, seed=seed, name=m)
+                if m in BASELINE_SPECS else load_encoder(str(out / "runs" / m), name=m) for m in methods]
 
     labelled = load_labelled(manifest, labels)
     settings = Settings(fractions=spec.fractions, seeds=spec.seeds, cache_dir=out / "cache", progress=progress,
@@ -175,12 +179,13 @@ def run_benchmark(methods: list[str], out: str | Path, data: str = "synth", size
         retrieval = run_retrieval(joint, test_only, out / "retrieval", settings, ks=(5, 10, 50), text_queries=queries,
                                   gallery=0)
     doc = {"methods": methods, "size": size if isinstance(size, str) else "custom", "spec": spec.__dict__, "seed": seed, "data": str(manifest),
+           "parallel": {"processes": processes, "threads": threads},
            "pretrain": summaries, "pretrain_seconds": timings, "linear": _linear_table(linear),
            "text_to_image": {n: m["text_to_image"]["mean"] for n, m in (retrieval or {"models": {}})["models"].items()
                              if m.get("text_to_image")}}
     doc.update(_joint_space(joint, test_only, out, settings, manifest if data == "synth" else None, seed, progress))
     if data == "synth" and spec.localized_epochs:
-        doc["localized"] = run_localized_tasks(encoders, manifest.parent, out, spec, seed, progress)
+        doc["localized"] = run_localized_tasks(encoders, manifest.parent, out, spec, seed, progress, jobs)
     doc["claims"] = check_claims(doc)
     atomic_write_text(out / "benchmark.json", json.dumps(doc, indent=1, default=float))
     table = _table(doc)
@@ -216,44 +221,59 @@ def _joint_space(joint: list, data, out: Path, settings, synth_manifest: Path | 
     return found
 
 
-def run_localized_tasks(encoders: list, synth_root: Path, out: Path, spec: BenchSize, seed: int, progress: bool) -> dict:
+def run_localized_tasks(encoders: list, synth_root: Path, out: Path, spec: BenchSize, seed: int, progress: bool,
+                        jobs: int | str = 1) -> dict:
     """Fine-tuned segmentation and detection of every encoder (``spec.localized_fraction`` of the training
-    labels, one seed, every epoch of the budget: no early stopping), one folder per task and encoder.
+    labels, one seed, every epoch of the budget: no early stopping), one folder per task and encoder;
+    ``jobs`` of them side by side (:mod:`convirt.parallel`).
 
     A finished encoder is reused when its folder holds a result for the same weights and training
     settings, so a restarted benchmark does not train it again. Findings are rare (12% of the
     synthetic images), so half of the training draws show one (``positive_fraction`` 0.5).
     """
-    from dataclasses import asdict
-
     from convirt.data.synthetic import write_localized_manifest
-    from convirt.evaluation.localized import KINDS, default_config, load_localized
+    from convirt.evaluation.localized import default_config
     from convirt.evaluation.protocols import Settings
 
-    found: dict[str, dict] = {}
+    runs, found = [], {}
     for task, finding in LOCALIZED_FINDINGS.items():
-        if task == "segment":
-            from convirt.evaluation.segmentation import run_segmentation as run
-        else:
-            from convirt.evaluation.detection import run_detection as run
-        data = load_localized(write_localized_manifest(synth_root, finding), KINDS[task])
-        settings = Settings(fractions=(spec.localized_fraction,), seeds=(seed,), cache_dir=out / "cache",
-                            progress=progress, n_boot=200)
+        manifest = write_localized_manifest(synth_root, finding)
         cfg = default_config(False, max_epochs=spec.localized_epochs, patience=spec.localized_epochs,
                              positive_fraction=0.5, precision=LOCALIZED_PRECISION[task])
-        key, _ = LOCALIZED_COLUMNS[task]
         found[task] = {"finding": finding, "models": {}}
         for enc in encoders:
-            folder = out / task / enc.name
-            result = _reusable(folder / "results.json", enc, asdict(cfg))
-            if result is None:
-                result = run([enc], data, folder, settings, cfg, freeze=False, overlays=8)
-            m = result["models"][enc.name]
-            run_ = m["runs"][0]
-            found[task]["models"][enc.name] = {**{k: run_["test"].get(k) for k in ("dice", "iou", "map_50", "map", "map_75")
-                                                  if k in run_["test"]}, "epochs": run_["epochs"],
-                                               "headline": run_["test"].get(key)}
+            settings = Settings(fractions=(spec.localized_fraction,), seeds=(seed,), cache_dir=out / "cache",
+                                progress=progress, n_boot=200)
+            # the image tower only (a text tower's tokenizer need not travel to another process); a random
+            # encoder keeps the batch-norm statistics the linear probes recalibrated, and its fingerprint
+            runs.append((f"{task} {enc.name}", _localized_run,
+                         (task, manifest, replace(enc, dual=None), out / task / enc.name, settings, cfg)))
+    processes, threads = plan(jobs, len(runs))
+    if processes > 1:  # one progress bar over the runs instead of one per run
+        runs = [(label, fn, (*args[:4], replace(args[4], progress=False), args[5])) for label, fn, args in runs]
+    for label, row in run_jobs(runs, processes, threads, progress, "segmentation and detection").items():
+        task, name = label.split(" ", 1)
+        found[task]["models"][name] = row
     return found
+
+
+def _localized_run(task: str, manifest: Path, enc, folder: Path, settings, cfg) -> dict:
+    """One encoder fine-tuned on one localized task (or its stored result): the benchmark's row for it."""
+    from dataclasses import asdict
+
+    from convirt.evaluation.localized import KINDS, load_localized
+
+    if task == "segment":
+        from convirt.evaluation.segmentation import run_segmentation as run
+    else:
+        from convirt.evaluation.detection import run_detection as run
+    result = _reusable(folder / "results.json", enc, asdict(cfg))
+    if result is None:
+        result = run([enc], load_localized(manifest, KINDS[task]), folder, settings, cfg, freeze=False, overlays=8)
+    run_ = result["models"][enc.name]["runs"][0]
+    key, _ = LOCALIZED_COLUMNS[task]
+    return {**{k: run_["test"].get(k) for k in ("dice", "iou", "map_50", "map", "map_75") if k in run_["test"]},
+            "epochs": run_["epochs"], "headline": run_["test"].get(key)}
 
 
 def _reusable(results: Path, encoder, training: dict) -> dict | None:
