@@ -37,6 +37,10 @@ def test_tiny_benchmark_writes_the_table_and_reuses_finished_runs(tmp_path):
                           labels=["bright"], progress=False, overrides=TINY)
     assert again["pretrain"]["convirt"]["reused"] is True
     assert again["pretrain_seconds"]["convirt"] == doc["pretrain"]["convirt"]["fit_seconds"]  # not the reuse time
+    # a finished run trained with other settings is neither reused nor resumed over
+    with pytest.raises(ConfigError, match=r"other settings \(projection.dim\)"):
+        run_benchmark(["convirt"], tmp_path / "out", str(manifest), size, labels=["bright"], progress=False,
+                      overrides=[*TINY, "projection.dim=8"])
 
 
 @pytest.fixture
@@ -88,6 +92,10 @@ def test_claims_are_judged_on_the_numbers():
     assert claims["zero-shot macro AUROC: gloria > convirt"] is False
     assert claims["segment Dice (Pneumothorax): convirt > random"] is True
     assert claims["detect mAP@0.5 (Pneumonia): convirt > random"] is False
+    two = {c["claim"]: c["holds"] for c in check_claims({**doc, "spec": {"fractions": [0.1, 1.0]}})}
+    assert two["convirt at 0.1 of the labels >= random at 1"] is False  # 0.8 < 0.85; not "convirt at 1 >= random at 1"
+    one = {c["claim"] for c in check_claims({**doc, "spec": {"fractions": [1.0]}})}
+    assert not any("of the labels" in c for c in one)  # one fraction: nothing to compare
 
 
 def test_unknown_methods_are_refused():
