@@ -261,6 +261,10 @@ def run_localized_tasks(encoders: list, synth_root: Path, out: Path, spec: Bench
     from convirt.evaluation.localized import default_config
     from convirt.evaluation.protocols import Settings
 
+    processes, threads = plan(jobs, len(LOCALIZED_FINDINGS) * len(encoders))
+    # side by side: one progress bar over the runs instead of one per run
+    settings = Settings(fractions=(spec.localized_fraction,), seeds=(seed,), cache_dir=out / "cache",
+                        progress=progress and processes == 1, n_boot=200)
     runs, found = [], {}
     for task, finding in LOCALIZED_FINDINGS.items():
         manifest = write_localized_manifest(synth_root, finding)
@@ -268,15 +272,10 @@ def run_localized_tasks(encoders: list, synth_root: Path, out: Path, spec: Bench
                              positive_fraction=0.5, precision=LOCALIZED_PRECISION[task])
         found[task] = {"finding": finding, "models": {}}
         for enc in encoders:
-            settings = Settings(fractions=(spec.localized_fraction,), seeds=(seed,), cache_dir=out / "cache",
-                                progress=progress, n_boot=200)
             # the image tower only (a text tower's tokenizer need not travel to another process); a random
             # encoder keeps the batch-norm statistics the linear probes recalibrated, and its fingerprint
             runs.append((f"{task} {enc.name}", _localized_run,
                          (task, manifest, replace(enc, dual=None), out / task / enc.name, settings, cfg)))
-    processes, threads = plan(jobs, len(runs))
-    if processes > 1:  # one progress bar over the runs instead of one per run
-        runs = [(label, fn, (*args[:4], replace(args[4], progress=False), args[5])) for label, fn, args in runs]
     for label, row in run_jobs(runs, processes, threads, progress, "segmentation and detection").items():
         task, name = label.split(" ", 1)
         found[task]["models"][name] = row
