@@ -25,7 +25,7 @@ Two data sources: ``memory`` (pre-made batches: the model and loop alone) and ``
 decode PNGs, ConVIRT's augmentations, tokenisation, in ``--workers`` loader processes; the same
 decoder and the same transform on both sides, each library's own dataset, tokeniser and loader).
 Each library runs at its fastest CPU setting: bf16 autocast on both (open_clip ``amp_bf16``), plus
-what convirt adds (channels-last, per-batch padding, fused Adam). Throughput is steady state: the
+what convirt adds (channels-last, per-batch padding, the padding-free text forward, fused Adam). Throughput is steady state: the
 first ``warmup`` steps of every block are not timed. Peak memory is the main process' resident set
 above the built model, measured in a fresh subprocess per library (training on memory batches).
 
@@ -164,8 +164,13 @@ def check_equivalence(method, clip, tokenizer, texts: list[str], size: str) -> d
         method.train(), clip.train()
         ids = theirs[0][1]
         same = {**ours[0], "input_ids": ids, "attention_mask": (ids != 0).long()}
+        # the same dropout draws need the same tensor shapes: convirt's padded forward here (text.unpad draws
+        # over real tokens only); the eval-mode loss above is the padding-free one
+        text, unpad = method.model.text_encoder, method.model.text_encoder.unpad
+        text.unpad = False
         torch.manual_seed(1)
         train_a = float(method.compute_loss(same))
+        text.unpad = unpad
         torch.manual_seed(1)
         train_b = float(loss_fn(**clip(*theirs[0])))
     method.load_state_dict(states[0]), clip.load_state_dict(states[1])  # batch-norm statistics as before
@@ -451,6 +456,7 @@ LEVERS = {
     "bf16": ("bf16 autocast, contiguous", ["trainer.channels_last=false"], False),
     "bf16+cl": ("bf16 autocast + channels_last + fused Adam (reference)", [], False),
     "bf16+cl+fixedpad": ("... padding every caption to text.max_length (as open_clip)", [], True),
+    "bf16+cl+padded": ("... with Hugging Face's padded text forward (text.unpad=false)", ["text.unpad=false"], False),
     "bf16+cl+foreach": ("... with torch's foreach Adam instead of fused (optim.fused=false)", ["optim.fused=false"], False),
     "bf16+cl+ckpt": ("... + gradient checkpointing (trainer.gradient_checkpointing)",
                      ["trainer.gradient_checkpointing=true"], False),
@@ -576,7 +582,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every block (default 2)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--levers", default="", help="sizes for the convirt-options table (e.g. S,M); empty: none")
-    p.add_argument("--lever-variants", default="fp32,fp32+cl,bf16,bf16+cl,bf16+cl+fixedpad,bf16+cl+foreach,bf16+cl+ckpt")
+    p.add_argument("--lever-variants", default="fp32,fp32+cl,bf16,bf16+cl,bf16+cl+padded,bf16+cl+fixedpad,bf16+cl+foreach,"
+                                                "bf16+cl+ckpt")
     p.add_argument("--only-levers", action="store_true", help="skip the convirt/open_clip comparison")
     p.add_argument("--quick", action="store_true", help="S and M, 2 repeats, fewer steps (a few minutes)")
     p.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "convirt-bench-synth",

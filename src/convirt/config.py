@@ -69,6 +69,8 @@ class TextConfig:
     max_length: int = 128
     sampling: str = "sentence"  # t_u: one sentence sampled uniformly ("report": the whole text)
     sections: list[str] = field(default_factory=lambda: ["FINDINGS", "IMPRESSION"])
+    # not a modelling choice: skip the work on padding positions (models/unpadded.py); same function
+    unpad: bool = True
     scratch: ScratchTextConfig = field(default_factory=ScratchTextConfig)
 
     def validate(self) -> None:
@@ -460,3 +462,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path} is not valid YAML: {err}") from err
     apply_overrides(data, overrides or [])
     return from_dict(PretrainConfig, with_method_defaults(data)).validate()
+
+
+# settings that change how a run is executed, not what it learns (the data stream is seeded per sample)
+EXECUTION_ONLY = ("trainer.progress_bar", "data.num_workers", "trainer.log_every_n_steps", "trainer.out_dir")
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_settings(saved: str | Path, cfg: PretrainConfig, ignore: tuple[str, ...] = EXECUTION_ONLY) -> list[str]:
+    """The settings (dotted keys) in which the run config saved at ``saved`` differs from ``cfg``, those
+    in ``ignore`` aside; [] when there is none or nothing was saved. Keys added to convirt after the run
+    was saved count as their defaults."""
+    saved = Path(saved)
+    if not saved.is_file():
+        return []
+    try:
+        before = load_config(saved)
+    except ConfigError as err:
+        return [f"its config.yaml no longer loads: {err}"]
+    old, new = _flat(before.to_dict()), _flat(cfg.to_dict())
+    return sorted(k for k in old.keys() | new.keys() if k not in ignore and old.get(k, "(unset)") != new.get(k, "(unset)"))
+

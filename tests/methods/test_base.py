@@ -101,13 +101,16 @@ def test_fused_adam_takes_the_same_steps():
             torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=f"step {step}: {name}")
 
 
-def test_frozen_text_layers_keep_no_autograd_graph():
+@pytest.mark.parametrize("unpad", [True, False])
+def test_frozen_text_layers_keep_no_autograd_graph(unpad):
     """Frozen layers (and embeddings) compute without recording anything for backward: their outputs
-    carry no grad_fn, so no activations are stored for them, while the first trainable layer's are."""
-    method = tiny_method("convirt", ("text.freeze_layers=1",))
+    carry no grad_fn, so no activations are stored for them, while the first trainable layer's are.
+    Each layer's output is its last LayerNorm's, on the padded and the padding-free path alike."""
+    method = tiny_method("convirt", ("text.freeze_layers=1", f"text.unpad={str(unpad).lower()}"))
+    assert method.model.text_encoder.unpad is unpad
     layers = method.model.text_encoder.model.encoder.layer
     seen = {}
-    hooks = [layer.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+    hooks = [layer.output.LayerNorm.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out))
              for i, layer in enumerate(layers)]
     batch = tiny_batch(method)
     method.train()
@@ -127,3 +130,18 @@ def test_speed_options_are_validated_as_booleans():
     assert load_config().optim.fused  # a pure speed-up: on by default; the other two are off
     cfg = copy.deepcopy(load_config(overrides=["trainer.gradient_checkpointing=true", "optim.fused=false"]))
     assert cfg.trainer.gradient_checkpointing and not cfg.optim.fused and not cfg.trainer.compile
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), float("-inf")])
+def test_all_finite_checks_every_element_and_leaves_the_values(bad):
+    from convirt.methods.base import all_finite
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(7, 3, generator=g), torch.randn(5, generator=g).to(torch.bfloat16), torch.randn(2, 2, 2, generator=g)]
+    if bad is not None:
+        tensors[1][3] = bad  # in the bf16 group, not the first tensor
+    before = [t.clone() for t in tensors]
+    reference = all(bool(torch.isfinite(t).all()) for t in tensors)
+    assert all_finite(tensors) is reference and reference is (bad is None)
+    for t, b in zip(tensors, before):
+        torch.testing.assert_close(t, b, rtol=0, atol=0, equal_nan=True)

@@ -205,7 +205,8 @@ def untrained_copy(dual, seed: int = 0):
         torch.manual_seed(seed)
         image = ImageEncoder.from_config(dual.image_cfg, pretrained=False)
         hf = AutoModel.from_config(dual.text_encoder.model.config, add_pooling_layer=False)
-        text = TextEncoder(hf, dual.text_cfg.pooling, dual.text_cfg.freeze_layers, dual.text_cfg.freeze_embeddings)
+        text = TextEncoder(hf, dual.text_cfg.pooling, dual.text_cfg.freeze_layers, dual.text_cfg.freeze_embeddings,
+                           dual.text_cfg.unpad)
         copy = DualEncoder(dual.image_cfg, dual.text_cfg, dual.projection_cfg, image, text, dual.tokenizer, dual.local_cfg)
     copy.meta = {"method": f"untrained {dual.meta.get('method', 'model')}"}
     return copy.eval()

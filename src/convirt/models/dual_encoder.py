@@ -88,7 +88,7 @@ class DualEncoder(nn.Module):
             hf_model = scratch_bert(len(tokenizer), s.hidden, s.layers, s.heads, text_cfg.max_length)
         else:
             hf_model, tokenizer = load_pretrained_text(text_cfg.model)
-        text = TextEncoder(hf_model, text_cfg.pooling, text_cfg.freeze_layers, text_cfg.freeze_embeddings)
+        text = TextEncoder(hf_model, text_cfg.pooling, text_cfg.freeze_layers, text_cfg.freeze_embeddings, text_cfg.unpad)
         return cls(image_cfg, text_cfg, projection_cfg, image, text, tokenizer, local_cfg)
 
     @classmethod
@@ -240,7 +240,7 @@ class DualEncoder(nn.Module):
         hf_config = dict(config["text_model_config"])
         # trust_remote_code=False: a tampered folder may name its own code to run; refuse, never prompt
         hf_model = AutoModel.from_config(AutoConfig.for_model(**hf_config), add_pooling_layer=False, trust_remote_code=False)
-        text = TextEncoder(hf_model, text_cfg.pooling, text_cfg.freeze_layers, text_cfg.freeze_embeddings)
+        text = TextEncoder(hf_model, text_cfg.pooling, text_cfg.freeze_layers, text_cfg.freeze_embeddings, text_cfg.unpad)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(directory / TOKENIZER), trust_remote_code=False)
         except (OSError, ValueError) as err:

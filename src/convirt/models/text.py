@@ -3,7 +3,9 @@
 ConVIRT (Sec. 3): BERT initialised from ClinicalBERT; ``h_u`` is the max over all output token
 vectors; the embeddings and the first 6 transformer layers are frozen, the last 6 trained.
 Frozen parameters have ``requires_grad=False``, so autograd records nothing for them (no stored
-activations) as long as the embeddings are frozen too.
+activations) as long as the embeddings are frozen too. ``unpad=True`` (the default) runs BERT-family
+encoders padding-free (:mod:`convirt.models.unpadded`): the same function, without the work on
+padding positions.
 
 Offline, a model can be started from scratch: ``train_wordpiece_tokenizer`` learns a WordPiece
 vocabulary on the training reports and ``scratch_bert`` builds a BERT from a config.
@@ -11,12 +13,16 @@ vocabulary on the training reports and ``scratch_bert`` builds a BERT from a con
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from convirt.errors import ConfigError
+from convirt.models.unpadded import unpadded_forward, unpadding_unsupported
+
+log = logging.getLogger(__name__)
 
 CLINICALBERT = "emilyalsentzer/Bio_ClinicalBERT"
 SCRATCH = "scratch"
@@ -122,11 +128,16 @@ POOLINGS = {"max": masked_max, "mean": masked_mean, "cls": lambda tokens, mask: 
 class TextEncoder(nn.Module):
     """HF encoder -> (global vector h_u, token vectors, attention mask)."""
 
-    def __init__(self, model: nn.Module, pooling: str = "max", freeze_layers: int = 6, freeze_embeddings: bool = True):
+    def __init__(self, model: nn.Module, pooling: str = "max", freeze_layers: int = 6, freeze_embeddings: bool = True,
+                 unpad: bool = True):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"text.pooling must be one of {sorted(POOLINGS)}; got {pooling!r}")
         self.model, self.pooling = model, pooling
+        reason = unpadding_unsupported(model) if unpad else None
+        if reason:
+            log.info("text.unpad: %s runs padded (%s)", type(model).__name__, reason)
+        self.unpad = unpad and reason is None
         self.num_features: int = model.config.hidden_size
         self.freeze(freeze_layers, freeze_embeddings)
 
@@ -166,15 +177,21 @@ class TextEncoder(nn.Module):
         return layers
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.unpad:
+            tokens = unpadded_forward(self.model, input_ids, attention_mask)[0]
+        else:
+            tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return POOLINGS[self.pooling](tokens, attention_mask), tokens, attention_mask
 
     def forward_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_n: int):
         """(global vector, token vectors summed over the last ``last_n`` layers) in one pass
         (GLoRIA's word features: the sum of BERT's last four layers)."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        layers = out.hidden_states[-last_n:]
-        return POOLINGS[self.pooling](out.last_hidden_state, attention_mask), torch.stack(layers).sum(dim=0)
+        if self.unpad:
+            last, states = unpadded_forward(self.model, input_ids, attention_mask, hidden_states=True)
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            last, states = out.last_hidden_state, out.hidden_states
+        return POOLINGS[self.pooling](last, attention_mask), torch.stack(states[-last_n:]).sum(dim=0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.forward_features(input_ids, attention_mask)[0]
