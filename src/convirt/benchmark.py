@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from convirt.atomic import atomic_write_text
+from convirt.config import changed_settings
 from convirt.errors import ConfigError
 from convirt.parallel import plan, run_jobs
 
@@ -97,7 +98,7 @@ def _pretrain(method: str, manifest: Path, out: Path, spec: BenchSize, seed: int
                                f"trainer.max_steps={spec.max_steps}", f"data.batch_size={spec.batch_size}",
                                f"trainer.seed={seed}", f"trainer.progress_bar={str(progress).lower()}",
                                *_fitted_defaults(method, manifest, spec), *overrides])
-    changed = _changed_settings(out / "config.yaml", cfg)
+    changed = changed_settings(out / "config.yaml", cfg)
     if changed:
         raise ConfigError(f"{out} holds a {method} run with other settings ({', '.join(changed)}); reusing or resuming "
                           f"it would mix them. Remove that folder, or give the benchmark another --out")
@@ -108,28 +109,6 @@ def _pretrain(method: str, manifest: Path, out: Path, spec: BenchSize, seed: int
     start = time.time()
     summary = pretrain(cfg, resume=(out / "checkpoints").is_dir())
     return {**summary, "wall_s": round(time.time() - start, 1)}
-
-
-# settings that change how a run is executed, not what it learns (the data stream is seeded per sample)
-EXECUTION_ONLY = ("trainer.progress_bar", "data.num_workers")
-
-
-def _changed_settings(saved: Path, cfg) -> list[str]:
-    """The settings (dotted keys) in which the run config at ``saved`` differs from ``cfg``; [] when there is none.
-    Keys added to convirt after the run was saved count as their defaults."""
-    import yaml
-
-    from convirt.config import load_config
-
-    if not saved.is_file():
-        return []
-    try:
-        before = load_config(saved)
-    except ConfigError as err:
-        return [f"its config.yaml no longer loads: {err}"]
-    flat = lambda c: pd.json_normalize(yaml.safe_load(yaml.safe_dump(c.to_dict())), sep=".").iloc[0].to_dict()  # noqa: E731
-    old, new = flat(before), flat(cfg)
-    return sorted(k for k in old.keys() | new.keys() if k not in EXECUTION_ONLY and old.get(k, "(unset)") != new.get(k, "(unset)"))
 
 
 def moco_queue_size(n_train: int, batch_size: int) -> int:

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 import convirt
 from convirt.config import load_config
-from convirt.errors import ConvirtError, DataError
+from convirt.errors import ConfigError, ConvirtError, DataError
 from convirt.training.run import pretrain
 from tests.helpers import SimulatedCrash, crash_after, tiny_overrides, write_pair_manifest
 
@@ -44,6 +44,21 @@ def test_a_run_folder_with_checkpoints_needs_resume(tmp_path):
     pretrain(cfg)
     with pytest.raises(ConvirtError, match="--resume"):
         pretrain(cfg)
+
+
+def test_resume_refuses_other_settings_but_may_train_longer(tmp_path):
+    manifest = write_pair_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    pretrain(load_config(overrides=tiny_overrides(manifest, run, 2)))
+    changed = load_config(overrides=tiny_overrides(manifest, run, 2) + ["loss.temperature=0.2", "optim.lr=0.01"])
+    with pytest.raises(ConfigError, match=r"loss.temperature, optim.lr differ") as err:
+        pretrain(changed, resume=True)
+    assert "--config" in str(err.value) and str(run / "config.yaml") in str(err.value)
+    assert load_config(run / "config.yaml").loss.temperature == 0.1  # the run's record is left as it was
+    longer = load_config(overrides=tiny_overrides(manifest, run, 4) + ["data.num_workers=0", "trainer.progress_bar=false"])
+    summary = pretrain(longer, resume=True)
+    assert summary["global_step"] == 4 and summary["resumed_from"].endswith("step=2.ckpt")
+    assert load_config(run / "config.yaml").trainer.max_steps == 4
 
 
 def test_exported_model_loads_and_encodes(tmp_path):

@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from convirt.atomic import atomic_write_text
-from convirt.config import PretrainConfig
+from convirt.config import EXECUTION_ONLY, PretrainConfig, changed_settings, load_config
 from convirt.errors import ConfigError, ConvirtError
 from convirt.methods import METHODS
 from convirt.models.dual_encoder import DualEncoder
@@ -79,6 +79,20 @@ def _on_gpus(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
+def _check_same_settings(out: Path, cfg: PretrainConfig) -> None:
+    """A resumed run goes on with the settings it was trained with; only how long it trains may change."""
+    changed = changed_settings(out / "config.yaml", cfg, ignore=EXECUTION_ONLY + ("trainer.max_steps",))
+    if changed:
+        raise ConfigError(
+            f"{out} was trained with other settings: {', '.join(changed)} differ from its config.yaml, and resuming "
+            f"would mix the two. Resume with the run's own settings (convirt pretrain --config {out / 'config.yaml'} "
+            f"--resume, with --max-steps N to train longer), or start a new run in another trainer.out_dir")
+    saved = load_config(out / "config.yaml") if (out / "config.yaml").is_file() else cfg
+    if saved.trainer.max_steps != cfg.trainer.max_steps and cfg.optim.scheduler == "cosine":
+        log.warning("trainer.max_steps %d -> %d: the cosine schedule is stretched to the new length from here on",
+                    saved.trainer.max_steps, cfg.trainer.max_steps)
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: list | None = None) -> dict:
     """Train, checkpoint, export. Returns the run summary (also written to ``summary.json``).
 
@@ -97,6 +111,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: list | None =
         ckpt_path = find_resume_checkpoint(ckpt_dir)
         if ckpt_path is None:
             log.warning("no usable checkpoint in %s: starting from scratch", ckpt_dir)
+        else:
+            _check_same_settings(out, cfg)
     elif ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
         raise ConvirtError(f"{ckpt_dir} already holds checkpoints: pass --resume to continue, or choose another trainer.out_dir")
     with _disk_full_names_the_path(out):
