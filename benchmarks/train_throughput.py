@@ -455,7 +455,8 @@ LEVERS = {
     "fp32+cl": ("fp32 + channels_last", ["trainer.precision=32-true"], False),
     "bf16": ("bf16 autocast, contiguous", ["trainer.channels_last=false"], False),
     "bf16+cl": ("bf16 autocast + channels_last + fused Adam (reference)", [], False),
-    "bf16+cl+fixedpad": ("... padding every caption to text.max_length (as open_clip)", [], True),
+    "bf16+cl+fixedpad": ("... padding every caption to text.max_length, padded forward (as open_clip)",
+                         ["text.unpad=false"], True),
     "bf16+cl+padded": ("... with Hugging Face's padded text forward (text.unpad=false)", ["text.unpad=false"], False),
     "bf16+cl+foreach": ("... with torch's foreach Adam instead of fused (optim.fused=false)", ["optim.fused=false"], False),
     "bf16+cl+ckpt": ("... + gradient checkpointing (trainer.gradient_checkpointing)",
@@ -492,6 +493,7 @@ def measure_levers(size: str, texts: list[str], workdir: Path, names: list[str],
         cfg = convirt_config(size, None, "bf16-mixed", 0, overrides)
         method = METHODS["convirt"](cfg, copy.deepcopy(base_method.model))
         method.load_state_dict(base_method.state_dict())
+        method.model.text_encoder.unpad = cfg.text.unpad  # the copied encoder was built with the base config
         apply_speed_options(method)
         optimizer = method.configure_optimizers()
         optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
