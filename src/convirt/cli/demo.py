@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("--size", choices=["default", "small", "test"], default="default",
-                   help="default: ~6 min on 2 CPU cores; test: the reduced run the test suite checks (~3 min); "
+                   help="default: ~7 min on 2 CPU cores; test: the reduced run the test suite checks (~3 min); "
                    "small: a ~1 min smoke run")
     p.add_argument("--seed", type=int, default=0, help="seed for data, training and evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
