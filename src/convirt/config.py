@@ -491,4 +491,3 @@ def changed_settings(saved: str | Path, cfg: PretrainConfig, ignore: tuple[str, 
         return [f"its config.yaml no longer loads: {err}"]
     old, new = _flat(before.to_dict()), _flat(cfg.to_dict())
     return sorted(k for k in old.keys() | new.keys() if k not in ignore and old.get(k, "(unset)") != new.get(k, "(unset)"))
-
