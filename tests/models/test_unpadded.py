@@ -3,6 +3,7 @@ padding at all: an independent reference) and on the padded batch (gradients).""
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
 
 from convirt.models.text import TextEncoder, scratch_bert
@@ -51,7 +52,11 @@ def test_each_report_gets_what_the_model_computes_on_it_alone(build, pad_id):
 
 
 @pytest.mark.parametrize("freeze, checkpointing", [(0, False), (2, False), (2, True)])
-def test_gradients_match_the_padded_forward(freeze, checkpointing):
+def test_gradients_match_the_padded_forward(freeze, checkpointing, monkeypatch):
+    import convirt.models.unpadded as unpadded
+
+    recomputed = []
+    monkeypatch.setattr(unpadded, "checkpoint", lambda *a, **k: recomputed.append(1) or checkpoint(*a, **k))
     torch.manual_seed(0)
     model = no_dropout(scratch_bert(300, 32, 3, 4, 32)).train()
     ids, mask = padded_batch(LENGTHS)
@@ -69,6 +74,8 @@ def test_gradients_match_the_padded_forward(freeze, checkpointing):
             assert grads[True][name] is None, name
         else:
             torch.testing.assert_close(grads[True][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    # only the trainable layers are recomputed, and only when asked
+    assert len(recomputed) == (3 - freeze if checkpointing else 0)
     trained = [n for n, g in grads[True].items() if g is not None]
     assert trained and all(f"layer.{i}." not in n for n in trained for i in range(freeze))
 

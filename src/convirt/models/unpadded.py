@@ -68,7 +68,8 @@ def _attention(layer: nn.Module, hidden: torch.Tensor, where: torch.Tensor, key_
 
     # Q, K and V in one matmul and one scatter (fewer, larger ops; the weights are concatenated per call)
     weight = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight])
-    bias = torch.cat([attn.query.bias, attn.key.bias, attn.value.bias])
+    biases = [attn.query.bias, attn.key.bias, attn.value.bias]
+    bias = None if any(b is None for b in biases) else torch.cat(biases)
     qkv = F.linear(hidden, weight, bias)
     full = qkv.new_zeros(batch * length, qkv.shape[-1]).index_copy(0, where, qkv)
     q, k, v = full.view(batch, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
@@ -102,8 +103,9 @@ def unpadded_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
         return x.new_zeros(batch * length, width).index_copy(0, where, x).view(batch, length, width)
 
     states = [unpack(hidden)] if hidden_states else None
-    recompute = model.training and getattr(model, "is_activation_checkpointing",  # transformers >= 5
-                                           getattr(model, "is_gradient_checkpointing", False))
+    # transformers >= 5 names the switch is_activation_checkpointing (the old name warns when read)
+    switch = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    recompute = model.training and getattr(model, switch, False)
     for layer in model.encoder.layer:
         if recompute and torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters()):
             hidden = checkpoint(_layer, layer, hidden, where, key_mask, use_reentrant=False)
